@@ -1,0 +1,122 @@
+"""Once the response is complete, nothing is cancelled: background work runs to its end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from apps import Record, read_body
+from communicator import communicate
+
+from asgi_disconnect import DisconnectMiddleware
+from asgi_disconnect._types import Message, Receive, Scope, Send
+
+pytestmark = pytest.mark.anyio
+
+START: Message = {"type": "http.response.start", "status": 200, "headers": []}
+FINAL_BODY: list[Message] = [{"type": "http.response.body", "body": b"done"}]
+PATHSEND: list[Message] = [{"type": "http.response.pathsend", "path": "/etc/hostname"}]
+TRAILERS: list[Message] = [
+    {"type": "http.response.body", "body": b"done"},
+    {"type": "http.response.trailers", "headers": [], "more_trailers": False},
+]
+
+
+@pytest.mark.parametrize(
+    ("start", "ending"),
+    [(START, FINAL_BODY), (START, PATHSEND), ({**START, "trailers": True}, TRAILERS)],
+    ids=["final-body", "pathsend", "trailers"],
+)
+async def test_work_after_the_response_runs_to_its_end(
+    start: Message, ending: list[Message]
+) -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await send(start)
+        for message in ending:
+            await send(message)
+        record.started.set()
+        await anyio.sleep(0.1)  # a background task
+        record.events.append("background done")
+        record.events.append((await receive())["type"])
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        for _ in range(1 + len(ending)):
+            await c.receive_output()
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["background done", "http.disconnect"]
+
+
+async def test_with_trailers_the_final_body_does_not_complete_the_response() -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await send({**START, "trailers": True})
+        await send({"type": "http.response.body", "body": b"done"})
+        try:
+            await anyio.sleep(30)  # computing the trailers
+        except anyio.get_cancelled_exc_class():
+            record.events.append("cancelled")
+            raise
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        await c.receive_output()
+        await c.receive_output()
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["cancelled"]
+
+
+async def test_starlette_background_tasks_survive_a_disconnect_after_the_response() -> None:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    done = anyio.Event()
+
+    async def audit() -> None:
+        await anyio.sleep(0.1)
+        done.set()
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(audit))
+
+    app = Starlette(routes=[Route("/", endpoint, methods=["POST"])])
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        assert (await c.receive_output())["status"] == 200
+        assert (await c.receive_output())["body"] == b"ok"
+        await c.disconnect()
+        await c.wait()
+    assert done.is_set()
+
+
+async def test_trailers_sent_in_parts_complete_the_response_with_the_last() -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await send({**START, "trailers": True})
+        await send({"type": "http.response.body", "body": b"done"})
+        await send({"type": "http.response.trailers", "headers": [], "more_trailers": True})
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            record.events.append("cancelled")
+            raise
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        for _ in range(3):
+            await c.receive_output()
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["cancelled"]

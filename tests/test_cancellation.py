@@ -1,0 +1,313 @@
+"""A client that leaves before the response is complete stops the app, quietly."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from apps import Record, read_body, respond, slow_app
+from communicator import Communicator, communicate
+
+from asgi_disconnect import Disconnect, DisconnectMiddleware, Phase, is_disconnected
+from asgi_disconnect._types import Receive, Scope, Send
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("sticky", [True, False], ids=["repeats-disconnect", "disconnect-once"])
+@pytest.mark.parametrize("read", [True, False], ids=["app-reads-body", "app-ignores-body"])
+async def test_disconnect_while_working_cancels_the_app(sticky: bool, read: bool) -> None:
+    record = Record()
+    async with communicate(DisconnectMiddleware(slow_app(record, read=read)), sticky=sticky) as c:
+        await c.send_body(b"small body")
+        await record.started.wait()
+        await c.disconnect()
+        await c.wait()
+        assert await c.receive_nothing()
+    assert record.events[-1:] == ["cancelled"]
+    assert c.returned  # quietly: the server sees a normal return
+    assert c.sent == []
+
+
+async def test_disconnect_while_streaming_cancels_the_generator() -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for index in range(1000):
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                record.events.append(f"chunk {index}")
+                await anyio.sleep(0.01)
+        except anyio.get_cancelled_exc_class():
+            record.events.append("cancelled")
+            raise
+
+    disconnects: list[Disconnect] = []
+    async with communicate(DisconnectMiddleware(app, on_disconnect=disconnects.append)) as c:
+        await c.send_body(b"")
+        assert (await c.receive_output())["type"] == "http.response.start"
+        await c.receive_output()
+        await c.disconnect()
+        await c.wait()
+    assert record.events[-1] == "cancelled"
+    assert len(record.events) < 100
+    assert [d.phase for d in disconnects] == [Phase.STREAMING]
+
+
+@pytest.mark.parametrize(
+    ("body_chunks", "respond_first", "phase"),
+    [
+        ((b"part", b"rest"), False, Phase.BODY),
+        ((b"all",), False, Phase.WORKING),
+        ((b"all",), True, Phase.STREAMING),
+    ],
+)
+async def test_on_disconnect_and_log_line_report_the_phase(
+    body_chunks: tuple[bytes, ...],
+    respond_first: bool,
+    phase: Phase,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if respond_first:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        record.started.set()
+        await anyio.sleep(30)
+
+    reports: list[Disconnect] = []
+
+    async def on_disconnect(disconnect: Disconnect) -> None:
+        await anyio.lowlevel.checkpoint()
+        reports.append(disconnect)
+
+    caplog.set_level(logging.INFO, logger="asgi_disconnect")
+    middleware = DisconnectMiddleware(app, on_disconnect=on_disconnect)
+    async with communicate(middleware) as c:
+        await c.send_input({"type": "http.request", "body": body_chunks[0], "more_body": True})
+        if len(body_chunks) > 1:
+            await record.started.wait()
+        else:
+            await c.send_input({"type": "http.request", "body": b"", "more_body": False})
+            await record.started.wait()
+        await anyio.sleep(0.01)
+        await c.disconnect()
+        await c.wait()
+    assert len(reports) == 1
+    assert reports[0].phase is phase
+    assert reports[0].scope["path"] == "/"
+    assert reports[0].elapsed >= 0
+    lines = [r for r in caplog.records if r.name == "asgi_disconnect"]
+    assert len(lines) == 1
+    assert "POST /" in lines[0].getMessage()
+    assert lines[0].levelno == logging.INFO
+
+
+async def test_on_disconnect_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    def on_disconnect(disconnect: Disconnect) -> None:
+        raise RuntimeError("callback bug")
+
+    record = Record()
+    async with communicate(
+        DisconnectMiddleware(slow_app(record), on_disconnect=on_disconnect)
+    ) as c:
+        await c.send_body(b"")
+        await record.started.wait()
+        await c.disconnect()
+        await c.wait()
+    assert c.returned
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors[0].exc_info is not None
+    assert "callback bug" in str(errors[0].exc_info[1])
+
+
+async def test_grace_period_lets_a_told_app_finish_on_its_own() -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        record.started.set()
+        for _ in range(3000):
+            if is_disconnected(scope):
+                record.events.append("noticed")
+                await anyio.sleep(0.01)  # clean-up that awaits is not interrupted
+                record.events.append("cleaned up")
+                return
+            await anyio.sleep(0.001)
+
+    async with communicate(DisconnectMiddleware(app, grace_period=5)) as c:
+        await c.send_body(b"")
+        await record.started.wait()
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["noticed", "cleaned up"]
+
+
+async def test_grace_period_then_cancels_an_app_that_keeps_going() -> None:
+    record = Record()
+    async with communicate(DisconnectMiddleware(slow_app(record), grace_period=0.2)) as c:
+        await c.send_body(b"")
+        await record.started.wait()
+        await c.disconnect()
+        left_at = anyio.current_time()
+        await c.wait()
+        stopped_after = anyio.current_time() - left_at
+    assert record.events == ["cancelled"]
+    assert stopped_after >= 0.2
+
+
+async def test_pending_and_later_receives_report_the_latched_disconnect() -> None:
+    results: list[str] = []
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+
+        async def listen() -> None:
+            results.append((await receive())["type"])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            tg.start_soon(listen)
+        # Told twice; later calls too, though the server said it only once.
+        results.append((await receive())["type"])
+        results.append((await receive())["type"])
+
+    async with communicate(DisconnectMiddleware(app), sticky=False) as c:
+        await c.send_body(b"")
+        await anyio.sleep(0.05)
+        await c.disconnect()
+        await c.wait()
+    assert results == ["http.disconnect"] * 4
+    assert c.reads == 2  # one reader: the server heard one receive() per message
+
+
+async def test_an_app_that_listens_stops_itself_and_finishes_its_clean_up() -> None:
+    # The shape of Django >= 5's handler: a listener task and a worker task; when the
+    # listener hears the disconnect the handler cancels the worker and cleans up.
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        async with anyio.create_task_group() as tg:
+
+            async def listen() -> None:
+                message = await receive()
+                record.events.append(message["type"])
+                tg.cancel_scope.cancel()
+
+            async def work() -> None:
+                try:
+                    await anyio.sleep(30)
+                except anyio.get_cancelled_exc_class():
+                    record.events.append("view cancelled")
+                    raise
+
+            tg.start_soon(listen)
+            tg.start_soon(work)
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.02)
+        await anyio.sleep(0.02)  # not shielded: an outside cancellation would stop it here
+        record.events.append("request_finished")
+
+    reports: list[Disconnect] = []
+    async with communicate(DisconnectMiddleware(app, on_disconnect=reports.append)) as c:
+        await c.send_body(b"")
+        await anyio.sleep(0.05)
+        await c.disconnect()
+        await c.wait()
+    assert sorted(record.events) == ["http.disconnect", "request_finished", "view cancelled"]
+    assert [r.phase for r in reports] == [Phase.WORKING]
+
+
+async def test_cancellation_from_outside_propagates() -> None:
+    record = Record()
+    c = Communicator(DisconnectMiddleware(slow_app(record)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(c._run)
+        await c.send_body(b"")
+        await record.started.wait()
+        tg.cancel_scope.cancel()
+    c.close()
+    assert isinstance(c.error, anyio.get_cancelled_exc_class())
+    assert not c.returned
+    assert record.events == ["cancelled"]
+
+
+async def test_a_server_send_raising_oserror_means_the_client_left() -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for _ in range(100):
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                await anyio.sleep(0.01)
+        except anyio.get_cancelled_exc_class():
+            record.events.append("cancelled")
+            raise
+
+    async with communicate(DisconnectMiddleware(app), sticky=False, send_raises=True) as c:
+        await c.send_body(b"")
+        await c.receive_output()
+        c.disconnected = True  # the socket is gone; the server has not said so through receive()
+        await c.wait()
+    assert record.events == ["cancelled"]
+    assert c.returned
+
+
+async def test_sends_after_the_client_left_are_dropped() -> None:
+    sent_after: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        assert (await receive())["type"] == "http.disconnect"
+        await respond(send)
+        sent_after.append("tried")
+
+    async with communicate(DisconnectMiddleware(app, grace_period=5)) as c:
+        await c.send_body(b"")
+        await c.disconnect()
+        await c.wait()
+        assert await c.receive_nothing()
+    assert sent_after == ["tried"]
+
+
+async def test_a_send_that_fails_after_the_disconnect_was_heard_is_no_second_disconnect() -> None:
+    record = Record()
+    reports: list[Disconnect] = []
+    in_send = anyio.Event()
+    release = anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            record.events.append("cancelled")
+            raise
+
+    async def server_send(message: Any) -> None:
+        in_send.set()
+        await release.wait()  # a slow socket; meanwhile the watcher hears the disconnect
+        raise BrokenPipeError("the client has gone")
+
+    middleware = DisconnectMiddleware(app, on_disconnect=reports.append, grace_period=0.3)
+    async with communicate(middleware) as c:
+        c.send = server_send  # type: ignore[method-assign]
+        await c.send_body(b"")
+        await in_send.wait()
+        await c.disconnect()
+        await anyio.sleep(0.05)
+        release.set()
+        await c.wait()
+    assert record.events == ["cancelled"]
+    assert len(reports) == 1

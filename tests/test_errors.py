@@ -1,0 +1,194 @@
+"""Errors reach whoever should see them, unchanged; bad input gets a clear error."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from typing import Any
+
+import anyio
+import pytest
+from apps import Record, read_body, respond, slow_app
+from communicator import communicate, http_scope
+
+from asgi_disconnect import DisconnectMiddleware, is_disconnected, wait_disconnected
+from asgi_disconnect._types import Receive, Scope, Send
+
+pytestmark = pytest.mark.anyio
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+
+class AppError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("wait_first", [False, True], ids=["at-once", "after-waiting"])
+async def test_the_apps_exception_reaches_the_server_unchanged(wait_first: bool) -> None:
+    error = AppError("boom")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if wait_first:
+            await anyio.sleep(0.01)
+        raise error
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        await c.wait()
+    assert c.error is error
+
+
+async def test_an_exception_group_the_app_raises_stays_as_it_is() -> None:
+    group = ExceptionGroup("app's own", [AppError("a"), AppError("b")])
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.sleep(0.01)
+        raise group
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.wait()
+    assert c.error is group
+
+
+class ServerError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("after_body", [False, True], ids=["while-app-reads", "while-watching"])
+async def test_an_error_from_the_servers_receive_reaches_the_apps_receive(
+    after_body: bool,
+) -> None:
+    error = ServerError("receive broke")
+    seen: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if after_body:
+            assert (await receive())["type"] == "http.request"
+        try:
+            await receive()
+        except ServerError as exc:
+            seen.append(exc)
+        try:
+            await receive()  # and again: never a hang
+        except ServerError as exc:
+            seen.append(exc)
+        await respond(send)
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        if after_body:
+            await c.send_body(b"")
+        await c.send_input(error)
+        await c.wait()
+    assert seen == [error, error]
+
+
+async def test_a_server_error_the_app_never_reads_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await anyio.sleep(0.05)
+        await respond(send)
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        await c.send_input(ServerError("lost"))
+        await c.wait()
+    assert c.returned
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None and isinstance(errors[0].exc_info[1], ServerError)
+
+
+@pytest.mark.parametrize("malformed", [None, "http.request", ["type"], {"body": b""}], ids=repr)
+@pytest.mark.parametrize("after_body", [False, True], ids=["while-app-reads", "while-watching"])
+async def test_a_malformed_message_from_the_server_is_a_clear_type_error(
+    malformed: Any, after_body: bool
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if after_body:
+            await receive()
+            await anyio.sleep(0.01)
+        await receive()
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        if after_body:
+            await c.send_body(b"")
+        await c.send_input(malformed)
+        await c.wait()
+    assert isinstance(c.error, TypeError)
+    assert "not an ASGI message" in str(c.error)
+    assert repr(malformed) in str(c.error)
+
+
+async def test_unknown_message_types_pass_through_untouched() -> None:
+    seen: list[Any] = []
+    odd_in = {"type": "http.future_extension", "data": 1}
+    odd_out = {"type": "http.response.future_extension", "data": 2}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(await receive())
+        await anyio.sleep(0.05)
+        seen.append(await receive())
+        await send(odd_out)
+        await respond(send)
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        await c.send_input(odd_in)
+        await c.wait()
+    assert seen[1] is odd_in
+    assert c.sent[0] is odd_out
+
+
+async def test_a_malformed_message_from_the_app_is_left_to_the_server() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(None)  # type: ignore[arg-type]
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.wait()
+    assert c.sent == [None]
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"grace_period": -1}, "grace_period"),
+        ({"grace_period": math.inf}, "grace_period"),
+        ({"grace_period": math.nan}, "grace_period"),
+        ({"grace_period": "1"}, "grace_period"),
+        ({"grace_period": True}, "grace_period"),
+        ({"read_ahead": -1}, "read_ahead"),
+        ({"read_ahead": 1.5}, "read_ahead"),
+        ({"read_ahead": False}, "read_ahead"),
+        ({"on_disconnect": "log"}, "on_disconnect"),
+        ({"exclude": ["/health"]}, "exclude"),
+        ({"exclude_paths": "/health"}, "exclude_paths"),
+        ({"exclude_paths": ["health"]}, "exclude_paths"),
+        ({"exclude_paths": [b"/health"]}, "exclude_paths"),
+    ],
+)
+def test_invalid_options_raise_value_error_naming_the_option(
+    options: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{name} "):
+        DisconnectMiddleware(slow_app(Record()), **options)
+
+
+def test_an_app_that_is_not_callable_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^app must be an ASGI application"):
+        DisconnectMiddleware("myproject.asgi:application")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scope", [http_scope(), {"asgi_disconnect": "forged"}, None])
+async def test_asking_about_a_scope_the_middleware_did_not_see_is_a_clear_error(
+    scope: Any,
+) -> None:
+    with pytest.raises(ValueError, match=r"asgi_disconnect|DisconnectMiddleware"):
+        is_disconnected(scope)
+    with pytest.raises(ValueError, match=r"asgi_disconnect|DisconnectMiddleware"):
+        await wait_disconnected(scope)
