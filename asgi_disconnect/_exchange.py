@@ -18,13 +18,14 @@ import sys
 import time
 from asyncio import AbstractEventLoop, CancelledError, Handle, Task, TimerHandle, current_task
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._types import ASGIApp, Message, Scope
+from ._types import AppScope, Message, Scope, WrappedApp
 
 if TYPE_CHECKING:  # pragma: no cover
     import trio
@@ -116,7 +117,7 @@ class Exchange:
 
     # -- what differs between event loops -----------------------------------------------
 
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
+    async def run(self, app: WrappedApp, scope: AppScope) -> None:
         raise NotImplementedError  # pragma: no cover
 
     def _spawn_watcher(self) -> None:
@@ -172,7 +173,7 @@ class Exchange:
             self._notify()
         return message
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Mapping[str, Any]) -> None:
         if self.disconnected:
             return  # the client is gone: nothing reaches it any more
         before = self._response
@@ -337,7 +338,7 @@ class AsyncioExchange(Exchange):
         self._cancel_sent = False
         self._cancelling = 0
 
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
+    async def run(self, app: WrappedApp, scope: AppScope) -> None:
         host = current_task(self._loop)
         assert host is not None
         self._host = host
@@ -404,7 +405,7 @@ class TrioExchange(Exchange):
         super().__init__(scope, receive, send, read_ahead, grace_period)
         self._watch_scope: trio.CancelScope | None = None
 
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
+    async def run(self, app: WrappedApp, scope: AppScope) -> None:
         import trio
 
         with trio.CancelScope() as self._app_scope:

@@ -5,9 +5,10 @@ import logging
 import math
 from asyncio import get_running_loop
 from collections.abc import Awaitable, Callable, Iterable
+from typing import cast
 
 from ._exchange import AsyncioExchange, Disconnect, Exchange, Phase, TrioExchange
-from ._types import ASGIApp, Receive, Scope, Send
+from ._types import ASGIApp, Receive, Scope, Send, WrappedApp
 
 logger = logging.getLogger("asgi_disconnect")
 
@@ -41,7 +42,7 @@ class DisconnectMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: WrappedApp,
         *,
         grace_period: float = 0.0,
         read_ahead: int = 65536,
@@ -67,6 +68,8 @@ class DisconnectMiddleware:
         if exclude is not None and not callable(exclude):
             raise ValueError(f"exclude must be a callable taking the scope, not {exclude!r}")
         self.app = app
+        # Requests the middleware leaves alone get the server's own scope, receive and send.
+        self._untouched = cast(ASGIApp, app)
         self.grace_period = float(grace_period)
         self.read_ahead = read_ahead
         self.on_disconnect = on_disconnect
@@ -75,7 +78,7 @@ class DisconnectMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_KEY in scope or self._excluded(scope):
-            await self.app(scope, receive, send)
+            await self._untouched(scope, receive, send)
             return
 
         exchange: Exchange
