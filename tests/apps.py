@@ -41,6 +41,16 @@ async def respond(send: Send, body: bytes = b"ok", status: int = 200) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def work_until_cancelled(record: Record, seconds: float = FOREVER) -> None:
+    """Works for `seconds`, noting whether it was cancelled or finished."""
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        record.events.append("cancelled")
+        raise
+    record.events.append("finished")
+
+
 def slow_app(record: Record, *, read: bool = True, seconds: float = FOREVER):  # type: ignore[no-untyped-def]
     """Reads the body (or not), then works for `seconds` before answering."""
 
@@ -48,12 +58,7 @@ def slow_app(record: Record, *, read: bool = True, seconds: float = FOREVER):  #
         if read:
             await read_body(receive, record)
         record.started.set()
-        try:
-            await anyio.sleep(seconds)
-        except anyio.get_cancelled_exc_class():
-            record.events.append("cancelled")
-            raise
-        record.events.append("finished")
+        await work_until_cancelled(record, seconds)
         await respond(send)
 
     return app

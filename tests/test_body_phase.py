@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from apps import Record, read_body, respond, slow_app
+from apps import Record, read_body, respond, slow_app, work_until_cancelled
 from communicator import communicate, http_scope
 
 from asgi_disconnect import DisconnectMiddleware
@@ -105,11 +105,7 @@ async def test_a_client_leaving_mid_upload_is_told_then_cancelled() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive, record)
         record.events.append(f"body {body!r}")
-        try:
-            await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
-            record.events.append("cancelled")
-            raise
+        await work_until_cancelled(record)
 
     async with communicate(DisconnectMiddleware(app)) as c:
         await c.send_input({"type": "http.request", "body": b"part", "more_body": True})
@@ -143,11 +139,7 @@ async def test_an_app_that_read_part_of_the_body_still_hears_the_client_leave() 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         record.received.append(await receive())
         record.started.set()
-        try:
-            await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
-            record.events.append("cancelled")
-            raise
+        await work_until_cancelled(record)
 
     async with communicate(DisconnectMiddleware(app)) as c:
         await c.send_input({"type": "http.request", "body": b"head", "more_body": True})
@@ -157,3 +149,29 @@ async def test_an_app_that_read_part_of_the_body_still_hears_the_client_leave() 
         await c.wait()
     assert record.events == ["cancelled"]
     assert c.reads == 4
+
+
+async def test_an_app_listening_right_after_its_body_starts_the_watcher_itself() -> None:
+    # uvicorn returns a body that has arrived without yielding, so the app can reach its
+    # listening receive() before it has ever waited.
+    queued: list[dict[str, object]] = [{"type": "http.request", "body": b"", "more_body": False}]
+    gone = anyio.Event()
+    heard: list[str] = []
+
+    async def server_receive() -> object:
+        if queued:
+            return queued.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        heard.append((await receive())["type"])
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        c.receive = server_receive  # type: ignore[method-assign]
+        await anyio.sleep(0.02)
+        gone.set()
+        await c.wait()
+    assert heard == ["http.disconnect"]
+    assert c.returned
