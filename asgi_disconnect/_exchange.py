@@ -205,7 +205,7 @@ class Exchange:
 
     async def watch(self) -> None:
         try:
-            while not self.disconnected and not self._app_done:
+            while not self.disconnected and not self._app_done and self.failure is None:
                 if self._busy or not self._may_read_ahead():
                     await self._wait_for_change()
                     continue
