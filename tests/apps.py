@@ -19,9 +19,6 @@ class Record:
     received: list[Message] = field(default_factory=list)
     started: anyio.Event = field(default_factory=anyio.Event)
 
-    def __contains__(self, event: str) -> bool:
-        return event in self.events
-
 
 async def read_body(receive: Receive, record: Record) -> bytes:
     body = b""
