@@ -3,9 +3,9 @@
 An :class:`Exchange` sits between the server and the app for one request. It is the only
 reader of the server's ``receive``: the app's ``receive()`` is served from a small buffer,
 and a watcher task reads ahead of the app (within ``read_ahead`` bytes) and then waits for
-``http.disconnect``. Nothing is started for an app that answers without waiting: the
-watcher is spawned the first time the app yields to the event loop, or when it asks for a
-message that only the watcher may read.
+``http.disconnect``. Nothing is started for a request that ends quickly: the watcher is
+spawned once the request has run for a tick (on asyncio) or the first time the app yields
+(on trio), or as soon as the app asks for a message that only the watcher may read.
 
 The two subclasses hold what differs between the event loops: how the watcher is spawned
 and joined, and how the app is cancelled.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from asyncio import AbstractEventLoop, CancelledError, Handle, Task, TimerHandle, current_task
+from asyncio import AbstractEventLoop, CancelledError, Task, TimerHandle, current_task
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_BUFFERED_MESSAGES = 128
 
 _NONE, _STARTED, _COMPLETE = 0, 1, 2
+
+#: Seconds a request may run before a watcher is started for it: at most twice this.
+TICK = 0.001
 
 
 class Phase(str, Enum):
@@ -64,30 +67,24 @@ class Disconnect:
 
 
 class Exchange:
-    __slots__ = (
-        "_app_done",
-        "_asked",
-        "_body_complete",
-        "_buffer",
-        "_buffered",
-        "_busy",
-        "_changed",
-        "_expects_continue",
-        "_gone",
-        "_grace_period",
-        "_listening",
-        "_read_ahead",
-        "_receive",
-        "_response",
-        "_send",
-        "_started_at",
-        "_trailers",
-        "abandoned",
-        "disconnected",
-        "failure",
-        "failure_seen",
-        "scope",
-    )
+    # Defaults live on the class: most requests end without touching most of this state,
+    # and a request should not pay for setting it.
+    _buffer: deque[tuple[Message, int]] | None = None
+    _buffered = 0
+    _body_complete = False
+    _asked = False
+    _expects_continue: bool | None = None
+    _busy = False
+    _listening = 0
+    _response = _NONE
+    _trailers = False
+    _changed: anyio.Event | None = None
+    _gone: anyio.Event | None = None
+    _app_done = False
+    failure: Exception | None = None
+    failure_seen = False
+    disconnected = False
+    abandoned: Disconnect | None = None
 
     def __init__(
         self, scope: Scope, receive: Any, send: Any, read_ahead: int, grace_period: float
@@ -98,27 +95,8 @@ class Exchange:
         self._read_ahead = read_ahead
         self._grace_period = grace_period
         self._started_at = time.monotonic()
-        self._buffer: deque[tuple[Message, int]] = deque()
-        self._buffered = 0
-        self._body_complete = False
-        self._asked = False
-        self._expects_continue: bool | None = None
-        self._busy = False
-        self._listening = 0
-        self._response = _NONE
-        self._trailers = False
-        self._changed: anyio.Event | None = None
-        self._gone: anyio.Event | None = None
-        self.failure: Exception | None = None
-        self._app_done = False
-        self.failure_seen = False
-        self.disconnected = False
-        self.abandoned: Disconnect | None = None
 
     # -- what differs between event loops -----------------------------------------------
-
-    async def run(self, app: WrappedApp, scope: AppScope) -> None:
-        raise NotImplementedError  # pragma: no cover
 
     def _spawn_watcher(self) -> None:
         raise NotImplementedError  # pragma: no cover
@@ -204,9 +182,11 @@ class Exchange:
     # -- the watcher ---------------------------------------------------------------------
 
     async def watch(self) -> None:
+        buffer: deque[tuple[Message, int]] = deque()
+        self._buffer = buffer
         try:
             while not self.disconnected and not self._app_done and self.failure is None:
-                if self._busy or not self._may_read_ahead():
+                if self._busy or not self._may_read_ahead(len(buffer)):
                     await self._wait_for_change()
                     continue
                 self._busy = True
@@ -217,15 +197,15 @@ class Exchange:
                 kind = self._observe(message)
                 if kind != "http.disconnect":
                     size = len(message.get("body", b"")) if kind == "http.request" else 0
-                    self._buffer.append((message, size))
+                    buffer.append((message, size))
                     self._buffered += size
                 self._notify()
         except Exception as exc:
             self.failure = exc
             self._notify()
 
-    def _may_read_ahead(self) -> bool:
-        if len(self._buffer) >= MAX_BUFFERED_MESSAGES:
+    def _may_read_ahead(self, buffered_messages: int) -> bool:
+        if buffered_messages >= MAX_BUFFERED_MESSAGES:
             return False
         if self._body_complete:
             return True
@@ -306,6 +286,39 @@ class Exchange:
         await self._gone.wait()
 
 
+class Ticker:
+    """Starts watchers, on one event loop, for the requests that outlive a tick.
+
+    Most requests end within a millisecond. A watcher task for each, or even a callback of
+    its own, would cost more than such a request: instead each request joins a list, and one
+    timer per loop starts watchers for the requests still running one to two ticks after
+    they began. A client that leaves sooner is noticed at most two ticks late.
+    """
+
+    def __init__(self, loop: AbstractEventLoop) -> None:
+        self.loop = loop
+        self._young: list[Exchange] = []
+        self._old: list[Exchange] = []
+        self._armed = False
+
+    def add(self, exchange: Exchange) -> None:
+        self._young.append(exchange)
+        if not self._armed:
+            self._armed = True
+            self.loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        old = self._old
+        self._old = self._young
+        self._young = []
+        for exchange in old:
+            exchange._app_yielded()
+        if self._old:
+            self.loop.call_later(TICK, self._tick)
+        else:
+            self._armed = False
+
+
 def _expects_continue(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
@@ -320,30 +333,16 @@ class AsyncioExchange(Exchange):
     ``asyncio.timeout()`` delivers it, so clean-up code may await freely.
     """
 
-    __slots__ = ("_cancel_sent", "_cancelling", "_handle", "_host", "_loop", "_timer", "_watcher")
+    _host: Task[Any]
+    _watcher: Task[None] | None = None
+    _timer: TimerHandle | None = None
+    _cancel_sent = False
+    _cancelling = 0
 
-    def __init__(
-        self,
-        scope: Scope,
-        receive: Any,
-        send: Any,
-        read_ahead: int,
-        grace_period: float,
-        loop: AbstractEventLoop,
-    ) -> None:
-        super().__init__(scope, receive, send, read_ahead, grace_period)
-        self._loop = loop
-        self._watcher: Task[None] | None = None
-        self._timer: TimerHandle | None = None
-        self._cancel_sent = False
-        self._cancelling = 0
-
-    async def run(self, app: WrappedApp, scope: AppScope) -> None:
-        host = current_task(self._loop)
-        assert host is not None
-        self._host = host
-        # Fires only if the app waits: an app that answers at once costs no task.
-        handle: Handle = self._loop.call_soon(self._app_yielded)
+    async def run(self, app: WrappedApp, scope: AppScope, ticker: Ticker) -> None:
+        self._loop = ticker.loop
+        self._host = current_task(self._loop)  # type: ignore[assignment]
+        ticker.add(self)
         try:
             await app(scope, self.receive, self.send)
         except CancelledError:
@@ -351,8 +350,8 @@ class AsyncioExchange(Exchange):
                 raise
         finally:
             self._app_done = True
-            self._absorb_cancel()
-            handle.cancel()
+            if self._cancel_sent:
+                self._absorb_cancel()
             if self._timer is not None:
                 self._timer.cancel()
             if self._watcher is not None:
@@ -397,13 +396,7 @@ async def _join(task: Task[None]) -> None:
 class TrioExchange(Exchange):
     """Runs the app in a trio cancel scope; the watcher is a system task that it joins."""
 
-    __slots__ = ("_app_scope", "_watch_done", "_watch_scope")
-
-    def __init__(
-        self, scope: Scope, receive: Any, send: Any, read_ahead: int, grace_period: float
-    ) -> None:
-        super().__init__(scope, receive, send, read_ahead, grace_period)
-        self._watch_scope: trio.CancelScope | None = None
+    _watch_scope: trio.CancelScope | None = None
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
         import trio

@@ -7,7 +7,7 @@ from asyncio import get_running_loop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import cast
 
-from ._exchange import AsyncioExchange, Disconnect, Exchange, Phase, TrioExchange
+from ._exchange import AsyncioExchange, Disconnect, Exchange, Phase, Ticker, TrioExchange
 from ._types import ASGIApp, Receive, Scope, Send, WrappedApp
 
 logger = logging.getLogger("asgi_disconnect")
@@ -75,9 +75,16 @@ class DisconnectMiddleware:
         self.on_disconnect = on_disconnect
         self.exclude = exclude
         self._prefixes = _path_prefixes(exclude_paths)
+        self._excluding = bool(self._prefixes) or exclude is not None
+        # One per event loop; the middleware normally serves one loop for its whole life.
+        self._ticker: Ticker | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or SCOPE_KEY in scope or self._excluded(scope):
+        if (
+            scope["type"] != "http"
+            or SCOPE_KEY in scope
+            or (self._excluding and self._excluded(scope))
+        ):
             await self._untouched(scope, receive, send)
             return
 
@@ -86,12 +93,15 @@ class DisconnectMiddleware:
             loop = get_running_loop()
         except RuntimeError:
             exchange = TrioExchange(scope, receive, send, self.read_ahead, self.grace_period)
+            run = exchange.run(self.app, {**scope, SCOPE_KEY: exchange})
         else:
-            exchange = AsyncioExchange(
-                scope, receive, send, self.read_ahead, self.grace_period, loop
-            )
+            ticker = self._ticker
+            if ticker is None or ticker.loop is not loop:
+                ticker = self._ticker = Ticker(loop)
+            exchange = AsyncioExchange(scope, receive, send, self.read_ahead, self.grace_period)
+            run = exchange.run(self.app, {**scope, SCOPE_KEY: exchange}, ticker)
         try:
-            await exchange.run(self.app, {**scope, SCOPE_KEY: exchange})
+            await run
         finally:
             if exchange.abandoned is not None:
                 await self._report(exchange.abandoned)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import anyio
@@ -311,3 +312,31 @@ async def test_a_send_that_fails_after_the_disconnect_was_heard_is_no_second_dis
         await c.wait()
     assert record.events == ["cancelled"]
     assert len(reports) == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_app_that_turns_the_cancellation_into_its_own_error_keeps_it() -> None:
+    import asyncio
+
+    record = Record()
+    hosts: list[asyncio.Task[Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        hosts.append(task)
+        record.started.set()
+        try:
+            await anyio.sleep(30)
+        except asyncio.CancelledError:
+            raise LookupError("stopped early") from None
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await record.started.wait()
+        await c.disconnect()
+        await c.wait()
+    assert isinstance(c.error, LookupError)
+    assert str(c.error) == "stopped early"
+    if sys.version_info >= (3, 11):
+        # The middleware's cancellation was taken back: the server's task is not cancelling.
+        assert hosts[0].cancelling() == 0

@@ -6,8 +6,8 @@ import threading
 
 import anyio
 import pytest
-from apps import Record, read_body, respond
-from communicator import communicate
+from apps import Record, read_body, respond, slow_app, work_until_cancelled
+from communicator import communicate, http_scope
 
 from asgi_disconnect import DisconnectMiddleware, is_disconnected, wait_disconnected
 from asgi_disconnect._types import Receive, Scope, Send
@@ -122,3 +122,42 @@ async def test_several_waiters_all_return_when_the_client_leaves() -> None:
         await c.disconnect()
         await c.wait()
     assert sorted(events) == ["first", "second"]
+
+
+async def test_requests_that_start_together_each_get_a_watcher() -> None:
+    # The second request joins the tick that the first one armed.
+    record = Record()
+    started = {"a": anyio.Event(), "b": anyio.Event()}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        started[scope["path"].strip("/")].set()
+        await work_until_cancelled(record)
+
+    middleware = DisconnectMiddleware(app)
+    async with (
+        communicate(middleware, http_scope(path="/a")) as a,
+        communicate(middleware, http_scope(path="/b")) as b,
+    ):
+        await started["a"].wait()
+        await started["b"].wait()
+        await a.disconnect()
+        await b.disconnect()
+    assert record.events == ["cancelled", "cancelled"]
+
+
+def test_one_middleware_serves_one_event_loop_after_another() -> None:
+    import asyncio
+
+    record = Record()
+    middleware = DisconnectMiddleware(slow_app(record, read=False))
+
+    async def abandon() -> None:
+        async with communicate(middleware) as c:
+            await c.send_body(b"")
+            await record.started.wait()
+            await c.disconnect()
+        record.started = anyio.Event()
+
+    asyncio.run(abandon())
+    asyncio.run(abandon())
+    assert record.events.count("cancelled") == 2
