@@ -4,8 +4,8 @@ An :class:`Exchange` sits between the server and the app for one request. It is 
 reader of the server's ``receive``: the app's ``receive()`` is served from a small buffer,
 and a watcher task reads ahead of the app (within ``read_ahead`` bytes) and then waits for
 ``http.disconnect``. Nothing is started for a request that ends quickly: the watcher is
-spawned once the request has run for a tick (on asyncio) or the first time the app yields
-(on trio), or as soon as the app asks for a message that only the watcher may read.
+spawned once the request has run for a tick, or as soon as the app asks for a message that
+only the watcher may read.
 
 The two subclasses hold what differs between the event loops: how the watcher is spawned
 and joined, and how the app is cancelled.
@@ -98,6 +98,11 @@ class Exchange:
 
     # -- what differs between event loops -----------------------------------------------
 
+    ticker_class: type[Ticker]
+
+    async def run(self, app: WrappedApp, scope: AppScope, ticker: Ticker) -> None:
+        raise NotImplementedError
+
     def _spawn_watcher(self) -> None:
         raise NotImplementedError  # pragma: no cover
 
@@ -128,28 +133,27 @@ class Exchange:
                 self.failure_seen = True
                 raise self.failure
             if not self._busy and not self._body_complete:
-                return await self._read_for_app()
+                # Nobody else is reading: the app reads its body straight from the server.
+                self._busy = True
+                try:
+                    message: Message = await self._receive()
+                    self._observe(message)
+                except Exception as exc:
+                    # The channel is broken: every later receive() says so rather than hang.
+                    self.failure = exc
+                    self.failure_seen = True
+                    raise
+                finally:
+                    self._busy = False
+                    if self._changed is not None:
+                        self._notify()
+                return message
             # After the body only the watcher reads: an app that cancels its own receive()
             # (polling for a disconnect) must not cancel the server's, which some servers
             # then answer with a false disconnect.
             if not self._has_watcher():
                 self._spawn_watcher()
             await self._wait_for_change(listening=self._body_complete)
-
-    async def _read_for_app(self) -> Message:
-        self._busy = True
-        try:
-            message: Message = await self._receive()
-            self._observe(message)
-        except Exception as exc:
-            # The channel is broken: every later receive() says so rather than hang.
-            self.failure = exc
-            self.failure_seen = True
-            raise
-        finally:
-            self._busy = False
-            self._notify()
-        return message
 
     async def send(self, message: Mapping[str, Any]) -> None:
         if self.disconnected:
@@ -295,7 +299,8 @@ class Ticker:
     they began. A client that leaves sooner is noticed at most two ticks late.
     """
 
-    def __init__(self, loop: AbstractEventLoop) -> None:
+    def __init__(self, loop: object) -> None:
+        #: What tells this ticker's event loop from another: the loop, or trio's token.
         self.loop = loop
         self._young: list[Exchange] = []
         self._old: list[Exchange] = []
@@ -305,7 +310,10 @@ class Ticker:
         self._young.append(exchange)
         if not self._armed:
             self._armed = True
-            self.loop.call_later(TICK, self._tick)
+            self._arm()
+
+    def _arm(self) -> None:
+        raise NotImplementedError
 
     def _tick(self) -> None:
         old = self._old
@@ -313,10 +321,39 @@ class Ticker:
         self._young = []
         for exchange in old:
             exchange._app_yielded()
-        if self._old:
-            self.loop.call_later(TICK, self._tick)
-        else:
-            self._armed = False
+        self._armed = bool(self._old)
+
+
+class AsyncioTicker(Ticker):
+    loop: AbstractEventLoop
+
+    def _arm(self) -> None:
+        self.loop.call_later(TICK, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._tick()
+        if self._armed:
+            self._arm()
+
+
+def current_trio_token() -> object:
+    import trio
+
+    return trio.lowlevel.current_trio_token()
+
+
+class TrioTicker(Ticker):
+    def _arm(self) -> None:
+        import trio
+
+        trio.lowlevel.spawn_system_task(self._run, name="asgi_disconnect ticker")
+
+    async def _run(self) -> None:
+        import trio
+
+        while self._armed:
+            await trio.sleep(TICK)
+            self._tick()
 
 
 def _expects_continue(scope: Scope) -> bool:
@@ -339,7 +376,10 @@ class AsyncioExchange(Exchange):
     _cancel_sent = False
     _cancelling = 0
 
+    ticker_class = AsyncioTicker
+
     async def run(self, app: WrappedApp, scope: AppScope, ticker: Ticker) -> None:
+        assert isinstance(ticker, AsyncioTicker)
         self._loop = ticker.loop
         self._host = current_task(self._loop)  # type: ignore[assignment]
         ticker.add(self)
@@ -398,11 +438,13 @@ class TrioExchange(Exchange):
 
     _watch_scope: trio.CancelScope | None = None
 
-    async def run(self, app: WrappedApp, scope: AppScope) -> None:
+    ticker_class = TrioTicker
+
+    async def run(self, app: WrappedApp, scope: AppScope, ticker: Ticker) -> None:
         import trio
 
         with trio.CancelScope() as self._app_scope:
-            trio.lowlevel.current_trio_token().run_sync_soon(self._app_yielded)
+            ticker.add(self)
             try:
                 await app(scope, self.receive, self.send)
             finally:

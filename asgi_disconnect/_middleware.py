@@ -7,7 +7,15 @@ from asyncio import get_running_loop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import cast
 
-from ._exchange import AsyncioExchange, Disconnect, Exchange, Phase, Ticker, TrioExchange
+from ._exchange import (
+    AsyncioExchange,
+    Disconnect,
+    Exchange,
+    Phase,
+    Ticker,
+    TrioExchange,
+    current_trio_token,
+)
 from ._types import ASGIApp, Receive, Scope, Send, WrappedApp
 
 logger = logging.getLogger("asgi_disconnect")
@@ -88,20 +96,20 @@ class DisconnectMiddleware:
             await self._untouched(scope, receive, send)
             return
 
-        exchange: Exchange
+        kind: type[Exchange]
+        loop: object
         try:
             loop = get_running_loop()
+            kind = AsyncioExchange
         except RuntimeError:
-            exchange = TrioExchange(scope, receive, send, self.read_ahead, self.grace_period)
-            run = exchange.run(self.app, {**scope, SCOPE_KEY: exchange})
-        else:
-            ticker = self._ticker
-            if ticker is None or ticker.loop is not loop:
-                ticker = self._ticker = Ticker(loop)
-            exchange = AsyncioExchange(scope, receive, send, self.read_ahead, self.grace_period)
-            run = exchange.run(self.app, {**scope, SCOPE_KEY: exchange}, ticker)
+            loop = current_trio_token()
+            kind = TrioExchange
+        ticker = self._ticker
+        if ticker is None or ticker.loop is not loop:
+            ticker = self._ticker = kind.ticker_class(loop)
+        exchange = kind(scope, receive, send, self.read_ahead, self.grace_period)
         try:
-            await run
+            await exchange.run(self.app, {**scope, SCOPE_KEY: exchange}, ticker)
         finally:
             if exchange.abandoned is not None:
                 await self._report(exchange.abandoned)

@@ -1,0 +1,185 @@
+"""Microseconds the middleware adds to one request, measured in one process.
+
+The bare app and the wrapped app serve the same scripted requests in alternating rounds, and
+the figure reported is the median over the rounds of (wrapped - bare), so that the machine's
+drift hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+App = Callable[[Scope, Any, Any], Awaitable[None]]
+
+SCOPE: Scope = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/",
+    "raw_path": b"/",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+START: Message = {"type": "http.response.start", "status": 200, "headers": []}
+HELLO: Message = {"type": "http.response.body", "body": b"Hello, world!"}
+CHUNK = b"x" * 65536
+UPLOAD = [{"type": "http.request", "body": CHUNK, "more_body": i < 15} for i in range(16)]
+EMPTY = [{"type": "http.request", "body": b"", "more_body": False}]
+PIECE: Message = {"type": "http.response.body", "body": b"data: token\n\n", "more_body": True}
+END: Message = {"type": "http.response.body", "body": b""}
+
+
+def make_apps(yield_once: Callable[[], Awaitable[None]]) -> dict[str, tuple[App, list[Message]]]:
+    async def hello(scope: Scope, receive: Any, send: Any) -> None:
+        await send(START)
+        await send(HELLO)
+
+    async def awaits_once(scope: Scope, receive: Any, send: Any) -> None:
+        await yield_once()
+        await send(START)
+        await send(HELLO)
+
+    async def upload(scope: Scope, receive: Any, send: Any) -> None:
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await send(START)
+        await send({"type": "http.response.body", "body": str(size).encode()})
+
+    async def stream(scope: Scope, receive: Any, send: Any) -> None:
+        await send(START)
+        for _ in range(100):
+            await send(PIECE)
+        await send(END)
+
+    return {
+        "a: answers at once": (hello, EMPTY),
+        "b: awaits once": (awaits_once, EMPTY),
+        "c: 1 MiB body in 64 KiB chunks": (upload, UPLOAD),
+        "d: 100-chunk streaming response": (stream, EMPTY),
+    }
+
+
+class Server:
+    """The server's side of one request: the body, then nothing until the client leaves."""
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: list[Message]) -> None:
+        self._messages = iter(messages)
+
+    async def receive(self) -> Message:
+        for message in self._messages:
+            return message
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def discard(message: Message) -> None:
+    pass
+
+
+async def serve(app: App, body: list[Message], count: int) -> float:
+    """Microseconds per request for `count` requests served one after another."""
+    started = time.perf_counter()
+    for _ in range(count):
+        await app(SCOPE, Server(body).receive, discard)
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def wrap(middleware: str, app: App) -> App:
+    if middleware == "asgi_disconnect":
+        from asgi_disconnect import DisconnectMiddleware
+
+        return DisconnectMiddleware(app)  # type: ignore[arg-type]
+    if middleware == "fastapi_disconnect":
+        from fastapi_disconnect import CancelOnDisconnectMiddleware  # type: ignore[import-not-found]
+
+        return CancelOnDisconnectMiddleware(app)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown middleware {middleware!r}")
+
+
+async def measure(middleware: str, loop: str, rounds: int, scale: float) -> list[dict[str, Any]]:
+    if loop == "trio":
+        import trio
+
+        async def yield_once() -> None:
+            await trio.lowlevel.checkpoint()
+    else:
+        import asyncio
+
+        async def yield_once() -> None:
+            await asyncio.sleep(0)
+
+    rows = []
+    for case, (app, body) in make_apps(yield_once).items():
+        wrapped = wrap(middleware, app)
+        count = max(1, int((2000 if body is EMPTY and "stream" not in case else 100) * scale))
+        await serve(app, body, count)  # warm up both
+        await serve(wrapped, body, count)
+        bare_runs, wrapped_runs, added = [], [], []
+        for index in range(rounds):
+            # Alternate which goes first, so neither always runs on a warmer cache.
+            if index % 2:
+                w = await serve(wrapped, body, count)
+                b = await serve(app, body, count)
+            else:
+                b = await serve(app, body, count)
+                w = await serve(wrapped, body, count)
+            bare_runs.append(b)
+            wrapped_runs.append(w)
+            added.append(w - b)
+        rows.append(
+            {
+                "benchmark": "in-process",
+                "middleware": middleware,
+                "loop": loop,
+                "case": case,
+                "bare_us": statistics.median(bare_runs),
+                "wrapped_us": statistics.median(wrapped_runs),
+                "added_us": statistics.median(added),
+            }
+        )
+    return rows
+
+
+def run(middleware: str, loop: str, rounds: int, scale: float) -> list[dict[str, Any]]:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(measure(middleware, loop, rounds, scale))  # type: ignore[no-any-return]
+    return anyio.run(measure, middleware, loop, rounds, scale, backend=loop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--middleware", default="asgi_disconnect")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop", "trio"], default="asyncio")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args()
+    for row in run(args.middleware, args.loop, args.rounds, args.scale):
+        json.dump(row, sys.stdout)
+        print()
+
+
+if __name__ == "__main__":
+    main()
