@@ -17,7 +17,6 @@ import asyncio
 import sys
 import time
 from asyncio import AbstractEventLoop, CancelledError, Task, TimerHandle, current_task
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._types import AppScope, Message, Scope, WrappedApp
+from ._types import AppScope, Message, Receive, Scope, WrappedApp
 
 if TYPE_CHECKING:  # pragma: no cover
     import trio
@@ -69,7 +68,7 @@ class Disconnect:
 class Exchange:
     # Defaults live on the class: most requests end without touching most of this state,
     # and a request should not pay for setting it.
-    _buffer: deque[tuple[Message, int]] | None = None
+    _buffer: list[tuple[Message, int]] | None = None
     _buffered = 0
     _body_complete = False
     _asked = False
@@ -90,7 +89,7 @@ class Exchange:
         self, scope: Scope, receive: Any, send: Any, read_ahead: int, grace_period: float
     ) -> None:
         self.scope = scope
-        self._receive = receive
+        self._receive: Receive = receive
         self._send = send
         self._read_ahead = read_ahead
         self._grace_period = grace_period
@@ -123,7 +122,7 @@ class Exchange:
         self._asked = True
         while True:
             if self._buffer:
-                message, size = self._buffer.popleft()
+                message, size = self._buffer.pop(0)
                 self._buffered -= size
                 self._notify()
                 return message
@@ -136,7 +135,7 @@ class Exchange:
                 # Nobody else is reading: the app reads its body straight from the server.
                 self._busy = True
                 try:
-                    message: Message = await self._receive()
+                    message = await self._receive()
                     self._observe(message)
                 except Exception as exc:
                     # The channel is broken: every later receive() says so rather than hang.
@@ -186,11 +185,9 @@ class Exchange:
     # -- the watcher ---------------------------------------------------------------------
 
     async def watch(self) -> None:
-        buffer: deque[tuple[Message, int]] = deque()
-        self._buffer = buffer
         try:
             while not self.disconnected and not self._app_done and self.failure is None:
-                if self._busy or not self._may_read_ahead(len(buffer)):
+                if self._busy or not self._may_read_ahead():
                     await self._wait_for_change()
                     continue
                 self._busy = True
@@ -201,15 +198,19 @@ class Exchange:
                 kind = self._observe(message)
                 if kind != "http.disconnect":
                     size = len(message.get("body", b"")) if kind == "http.request" else 0
-                    buffer.append((message, size))
+                    if self._buffer is None:
+                        # A list, made on first use: it holds a few messages at most, and a
+                        # long poll that reads nothing pays for none.
+                        self._buffer = []
+                    self._buffer.append((message, size))
                     self._buffered += size
                 self._notify()
         except Exception as exc:
             self.failure = exc
             self._notify()
 
-    def _may_read_ahead(self, buffered_messages: int) -> bool:
-        if buffered_messages >= MAX_BUFFERED_MESSAGES:
+    def _may_read_ahead(self) -> bool:
+        if self._buffer is not None and len(self._buffer) >= MAX_BUFFERED_MESSAGES:
             return False
         if self._body_complete:
             return True
