@@ -111,8 +111,8 @@ class Exchange:
     def _cancel_app(self, delay: float) -> None:
         raise NotImplementedError  # pragma: no cover
 
-    def _app_yielded(self) -> None:
-        # Runs on the event loop the first time the app waits for something.
+    def outlived_tick(self) -> None:
+        # The ticker calls this one to two ticks after the request began.
         if not self._app_done and not self._has_watcher():
             self._spawn_watcher()
 
@@ -321,7 +321,7 @@ class Ticker:
         self._old = self._young
         self._young = []
         for exchange in old:
-            exchange._app_yielded()
+            exchange.outlived_tick()
         self._armed = bool(self._old)
 
 
