@@ -225,7 +225,7 @@ class Exchange:
                     self._busy = False
                 kind = self._observe(message)
                 if kind != "http.disconnect":
-                    size = len(message.get("body", b"")) if kind == "http.request" else 0
+                    size = _body_size(message) if kind == "http.request" else 0
                     if self._buffer is None:
                         # A list, made on first use: it holds a few messages at most, and a
                         # long poll that reads nothing pays for none.
@@ -383,6 +383,15 @@ class TrioTicker(Ticker):
         while self._armed:
             await trio.sleep(TICK)
             self._tick()
+
+
+def _body_size(message: Message) -> int:
+    try:
+        return len(message.get("body", b""))
+    except TypeError:
+        raise TypeError(
+            f"the server's receive() returned {message!r}, whose body is not bytes"
+        ) from None
 
 
 def _expects_continue(scope: Scope) -> bool:

@@ -90,26 +90,29 @@ class DisconnectMiddleware:
         self._ticker: Ticker | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or SCOPE_KEY in scope
-            or (self._excluding and self._excluded(scope))
-        ):
+        try:
+            kind = scope["type"]
+        except Exception:
+            raise TypeError(
+                f"the server called the middleware with {scope!r}, which is not an ASGI scope "
+                "(a mapping with a 'type' key)"
+            ) from None
+        if kind != "http" or SCOPE_KEY in scope or (self._excluding and self._excluded(scope)):
             await self._untouched(scope, receive, send)
             return
 
-        kind: type[Exchange]
+        exchange_class: type[Exchange]
         loop: object
         try:
             loop = get_running_loop()
-            kind = AsyncioExchange
+            exchange_class = AsyncioExchange
         except RuntimeError:
             loop = current_trio_token()
-            kind = TrioExchange
+            exchange_class = TrioExchange
         ticker = self._ticker
         if ticker is None or ticker.loop is not loop:
-            ticker = self._ticker = kind.ticker_class(loop)
-        exchange = kind(scope, receive, send, self.read_ahead, self.grace_period)
+            ticker = self._ticker = exchange_class.ticker_class(loop)
+        exchange = exchange_class(scope, receive, send, self.read_ahead, self.grace_period)
         try:
             await exchange.run(self._wrapped, {**scope, SCOPE_KEY: exchange}, ticker)
             if exchange.abandoned is not None:

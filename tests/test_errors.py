@@ -242,3 +242,54 @@ async def test_asking_about_a_scope_the_middleware_did_not_see_is_a_clear_error(
         is_disconnected(scope)
     with pytest.raises(ValueError, match=r"asgi_disconnect|DisconnectMiddleware"):
         await wait_disconnected(scope)
+
+
+@pytest.mark.parametrize("scope", [None, {}, "http", {"path": "/"}], ids=repr)
+async def test_a_scope_that_is_not_an_asgi_scope_is_a_clear_type_error(scope: Any) -> None:
+    async def receive() -> Any:
+        raise AssertionError("not called")  # pragma: no cover
+
+    async def send(message: Any) -> None:
+        raise AssertionError("not called")  # pragma: no cover
+
+    with pytest.raises(TypeError, match=r"not an ASGI scope") as caught:
+        await DisconnectMiddleware(slow_app(Record()))(scope, receive, send)
+    assert repr(scope) in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [None, 12], ids=repr)
+async def test_a_body_that_is_not_bytes_is_a_clear_type_error(body: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.sleep(0.02)  # the middleware reads ahead of the app meanwhile
+        await receive()
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_input({"type": "http.request", "body": body, "more_body": True})
+        await c.wait()
+    assert isinstance(c.error, TypeError)
+    assert "body is not bytes" in str(c.error)
+    assert repr(body) in str(c.error)
+
+
+async def test_an_error_from_the_servers_send_reaches_the_app_and_the_server_unchanged() -> None:
+    error = RuntimeError("the server refuses this message")
+    seen: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await respond(send)
+        except RuntimeError as exc:
+            seen.append(exc)
+            raise
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        raise error
+
+    with anyio.fail_after(5), pytest.raises(RuntimeError) as caught:
+        await DisconnectMiddleware(app)(http_scope(), receive, send)
+    assert seen == [error]
+    assert caught.value is error
