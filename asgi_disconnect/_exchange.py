@@ -432,9 +432,14 @@ class AsyncioExchange(Exchange):
                 self._absorb_cancel()
             if self._timer is not None:
                 self._timer.cancel()
-            if self._watcher is not None:
-                self._watcher.cancel()
-                await _join(self._watcher)
+            watcher = self._watcher
+            if watcher is not None:
+                watcher.cancel()
+                await _join(watcher)
+                # A cancelled task keeps its CancelledError, whose traceback holds the
+                # watcher's frame and so this exchange: a cycle only the garbage collector
+                # would break, keeping the request's state alive until it runs.
+                self._watcher = None
 
     def _spawn_watcher(self) -> None:
         self._watcher = self._loop.create_task(self.watch())

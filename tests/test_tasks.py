@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import anyio
 import pytest
@@ -161,3 +163,32 @@ def test_one_middleware_serves_one_event_loop_after_another() -> None:
     asyncio.run(abandon())
     asyncio.run(abandon())
     assert record.events.count("cancelled") == 2
+
+
+@pytest.mark.parametrize("leaves", [False, True], ids=["stays", "leaves"])
+async def test_a_requests_state_is_freed_without_waiting_for_the_garbage_collector(
+    leaves: bool,
+) -> None:
+    # Reference cycles would keep every request's state (its scope, its buffered body) alive
+    # until the collector's next full run.
+    state: list[weakref.ref[object]] = []
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        state.append(weakref.ref(scope["asgi_disconnect"]))
+        await read_body(receive, record)
+        await work_until_cancelled(record, 0.05)  # long enough for a watcher to start
+        await respond(send)
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with communicate(DisconnectMiddleware(app)) as c:
+            await c.send_body(b"")
+            if leaves:
+                await c.disconnect()
+            await c.wait()
+        assert record.events == (["cancelled"] if leaves else ["finished"])
+        assert state[0]() is None
+    finally:
+        gc.enable()
