@@ -26,6 +26,10 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for report in getattr(sys.modules.get("soak"), "REPORTS", []):
+        terminalreporter.section("soak against uvicorn")
+        for line in report.lines():
+            terminalreporter.line(line)
     servers = sys.modules.get("servers")
     latencies: dict[str, list[float]] = getattr(servers, "LATENCIES", {})
     if not latencies:
