@@ -1,23 +1,9 @@
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 
 import pytest
-from hypothesis import HealthCheck, settings
-
-# Examples wait on real timers (the middleware's tick, grace periods): no per-example
-# deadline, and a bounded number of them unless asked for more.
-settings.register_profile(
-    "default",
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    print_blob=True,
-)
-settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=3000)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Literal
 import anyio
 import pytest
 from apps import UNANSWERED
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from asgi_disconnect import Disconnect, DisconnectMiddleware, Phase, wait_disconnected
@@ -35,6 +36,18 @@ from asgi_disconnect._exchange import MAX_BUFFERED_MESSAGES
 from asgi_disconnect._types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
+
+# Examples wait on real timers (the middleware's tick, grace periods): no per-example
+# deadline, and a bounded number of them unless asked for more.
+settings.register_profile(
+    "default",
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=3000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: No example takes near this long unless the middleware missed a disconnect.
 TIME_LIMIT = 10.0
