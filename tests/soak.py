@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from served.soak_app import stream_part, upload_answer, work_answer
-from servers import HOST, Server
+from servers import HOST, Server, http_request
 
 KINDS = ("upload", "work", "stream", "after")
 CHUNK = 16 * 1024
@@ -92,13 +92,6 @@ class Report:
 # -- the client -------------------------------------------------------------------------
 
 
-def head(method: str, target: str, length: int | None = None) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {HOST}", "Connection: close"]
-    if length is not None:
-        lines.append(f"Content-Length: {length}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
 def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
     raw_head, _, body = response.partition(b"\r\n\r\n")
     status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
@@ -146,7 +139,7 @@ async def talk(
     if request.kind == "upload":
         sizes = [50_000, 300_000] if abandoned else [0, 1, 1000, 50_000, 300_000]
         body = rng.randbytes(rng.choice(sizes))
-        writer.write(head("POST", f"/upload?id={rid}", len(body)))
+        writer.write(http_request("POST", f"/upload?id={rid}", content_length=len(body)))
         chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
         stop = rng.randrange(len(chunks)) if abandoned else len(chunks)
         for chunk in chunks[:stop]:
@@ -159,20 +152,20 @@ async def talk(
         return upload_answer(body)
     if request.kind == "work":
         ms = 5000 if abandoned else rng.randint(0, 20)
-        writer.write(head("GET", f"/work?id={rid}&ms={ms}"))
+        writer.write(http_request("GET", f"/work?id={rid}&ms={ms}"))
         if abandoned:
             await asyncio.sleep(rng.uniform(0, 0.1))
             return None
         return work_answer(ms)
     if request.kind == "stream":
         n = 1000 if abandoned else rng.randint(1, 10)
-        writer.write(head("GET", f"/stream?id={rid}&n={n}&ms=5"))
+        writer.write(http_request("GET", f"/stream?id={rid}&n={n}&ms=5"))
         if abandoned:
             await reader.readuntil(b"\r\n\r\n")
             await asyncio.sleep(rng.uniform(0, 0.15))
             return None
         return b"".join(stream_part(i) for i in range(n))
-    writer.write(head("GET", f"/after?id={rid}"))
+    writer.write(http_request("GET", f"/after?id={rid}"))
     if abandoned:
         # Right after the response: leave as soon as its last byte is in.
         await reader.readuntil(b"answered\n")
@@ -238,7 +231,7 @@ def rss_kib(pid: int) -> int:
 async def server_stats(port: int) -> dict[str, int]:
     """The tasks in the server's loop and the middleware's request objects still alive."""
     reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(head("GET", "/bare/stats"))
+    writer.write(http_request("GET", "/bare/stats"))
     response = await reader.read()
     writer.close()
     await writer.wait_closed()
