@@ -20,6 +20,7 @@ import contextvars
 import math
 import sys
 from asyncio import AbstractEventLoop, CancelledError, Task
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -69,6 +70,28 @@ class CancelOnce(CancelScope):
     """
 
     _delivered = False
+    #: A request's deadline has no timer until the request outlives a tick: most end first.
+    _timer_allowed = True
+    #: Called when the deadline passes, instead of cancelling.
+    on_deadline: Callable[[], None] | None = None
+
+    def allow_timer(self) -> None:
+        self._timer_allowed = True
+        if self._active and self._timeout_handle is None and not self._cancel_called:
+            self._timeout()
+
+    def _timeout(self) -> None:
+        if self._deadline == math.inf or not self._timer_allowed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timeout_handle = loop.call_at(self._deadline, self._timeout)
+            return
+        self._timeout_handle = None
+        if self.on_deadline is None:
+            self.cancel()  # a grace period is over
+        else:
+            self.on_deadline()
 
     def cancel(self, reason: str | None = None) -> None:
         if not self._delivered:  # once is all
@@ -143,11 +166,21 @@ class AsyncioExchange(Exchange):
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
         self._ticker.add(self)
-        cancel_scope = self._cancel_scope = CancelOnce()
+        budget = self._budget
+        if budget is None:
+            cancel_scope = self._cancel_scope = CancelOnce()
+        else:
+            loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
+            cancel_scope = self._cancel_scope = CancelOnce(deadline=loop.time() + budget)
+            # Set before the scope is entered, where anyio arms its timer: a deadline within
+            # the ticks that a request waits for its watcher gets a timer at once.
+            cancel_scope._timer_allowed = budget < 2 * TICK
+            cancel_scope.on_deadline = self._deadline_reached
         try:
             with cancel_scope:
                 await app(scope, self.receive, self.send)
         finally:
+            cancel_scope.on_deadline = None  # no cycle through the exchange
             self._end()
             watcher = self._watcher
             if watcher is not None:
@@ -168,11 +201,29 @@ class AsyncioExchange(Exchange):
         return self._watcher is not None
 
     def _cancel_app(self, delay: float) -> None:
+        cancel_scope = self._cancel_scope
         if delay:
             loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
-            self._cancel_scope.deadline = loop.time() + delay
+            cancel_scope._timer_allowed = True
+            now = loop.time()
+            # A deadline still to come may cut the grace period short; one that has passed
+            # is what the grace period follows.
+            deadline = cancel_scope.deadline
+            cancel_scope.deadline = now + delay if deadline <= now else min(deadline, now + delay)
         else:
-            self._cancel_scope.cancel()
+            cancel_scope.cancel()
+
+    def _deadline_reached(self) -> None:
+        if self.disconnected:
+            self._cancel_scope.cancel()  # a grace period is over
+        else:
+            self._deadline_passed()
+
+    def _arm_deadline(self) -> None:
+        self._cancel_scope.allow_timer()
+
+    def _lift_deadline(self) -> None:
+        self._cancel_scope.deadline = math.inf
 
     async def _take_cancellation(self) -> None:
         # Cancelled from the app's own task (it read the disconnect, or send() failed),

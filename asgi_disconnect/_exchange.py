@@ -15,6 +15,7 @@ the loop.
 from __future__ import annotations
 
 import contextvars
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -87,8 +88,11 @@ def _listening_reader() -> CodeType | None:
 
 
 class Phase(str, Enum):
-    """How far a request had got when its client left."""
+    """How far a request had got when its client left or its deadline passed."""
 
+    #: The deadline had passed before the request reached the app: it was answered 503, and
+    #: the app was never called.
+    QUEUED = "queued"
     #: The request body had not been fully received.
     BODY = "body"
     #: The body was in, no response had been started.
@@ -97,9 +101,18 @@ class Phase(str, Enum):
     STREAMING = "streaming"
 
 
+class Cause(str, Enum):
+    """Why the app of a request was stopped."""
+
+    #: The client went away.
+    CLIENT_LEFT = "client_left"
+    #: The request's deadline passed: the client was answered 504, or its response was cut.
+    DEADLINE = "deadline"
+
+
 @dataclass(frozen=True)
 class Disconnect:
-    """A request that its client abandoned before the response was complete.
+    """A request that was stopped before its response was complete.
 
     Passed to ``on_disconnect`` once the app has stopped.
     """
@@ -108,8 +121,10 @@ class Disconnect:
     scope: Scope
     #: How far the request had got.
     phase: Phase
-    #: Seconds from the start of the request to the client leaving.
+    #: Seconds from the start of the request to the client leaving or the deadline passing.
     elapsed: float
+    #: Whether the client left or the deadline passed.
+    cause: Cause = Cause.CLIENT_LEFT
 
 
 class Exchange:
@@ -134,9 +149,12 @@ class Exchange:
     failure: Exception | None = None
     failure_seen = False
     disconnected = False
-    #: Set when the client left before the response was complete.
+    #: Set when the client left, or the deadline passed, before the response was complete.
     phase: Phase | None = None
     left_after = 0.0
+    cause = Cause.CLIENT_LEFT
+    #: When the request's time is up, on ``time.monotonic()``'s clock; None for never.
+    deadline: float | None = None
     # Django < 5: what the middleware must finish for it (see _django.py).
     django_handler: Any = None
     django_finished = False
@@ -149,6 +167,7 @@ class Exchange:
         read_ahead: int,
         grace_period: float,
         ticker: Ticker,
+        budget: float | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -157,6 +176,9 @@ class Exchange:
         self._grace_period = grace_period
         self._ticker = ticker
         self._started_at = time.monotonic()
+        self._budget = budget
+        if budget is not None:
+            self.deadline = self._started_at + budget
         # The request's own context: the watcher calls the server's receive() in it, so that
         # tracing and logging see this request, not whichever request armed the ticker.
         self._context = contextvars.copy_context()
@@ -176,6 +198,12 @@ class Exchange:
     def _cancel_app(self, delay: float) -> None:
         raise NotImplementedError
 
+    def _arm_deadline(self) -> None:
+        """Have :meth:`_deadline_passed` called when the deadline passes."""
+
+    def _lift_deadline(self) -> None:
+        """The response is complete: the deadline no longer applies."""
+
     async def _take_cancellation(self) -> None:
         """In the app's task: let a cancellation already requested land here.
 
@@ -188,8 +216,11 @@ class Exchange:
     # -- the request's life --------------------------------------------------------------
 
     def outlived_tick(self) -> None:
-        # The ticker calls this one to two ticks after the request began.
+        # The ticker calls this one to two ticks after the request began: a request that ends
+        # sooner costs no watcher and no timer for its deadline.
         self._ensure_watcher()
+        if self.deadline is not None:
+            self._arm_deadline()
 
     def _ensure_watcher(self) -> None:
         if not self._ended and not self._has_watcher():
@@ -270,14 +301,19 @@ class Exchange:
         return message
 
     async def send(self, message: Mapping[str, Any]) -> None:
+        if self.deadline is not None and not self.disconnected and self.past_deadline():
+            # Whether or not its timer has fired yet: nothing the app sends now reaches the
+            # client, which gets the middleware's 504 or a cut response.
+            self._deadline_passed()
         if self.disconnected:
             # The client is gone. An app being cancelled is cancelled here (a sync endpoint
             # answering once its thread is done); one that was told first (a grace period)
             # hears what its server says. Servers of ASGI 2.4 say it themselves, with an
             # OSError or nothing; older ones take it as a no-op, some badly (hypercorn's
-            # HTTP/2 send() never returns): what it sends then goes nowhere.
+            # HTTP/2 send() never returns): what it sends then goes nowhere. After a deadline
+            # the middleware answers: what the app sends goes nowhere either.
             await self._take_cancellation()
-            if _spec_version(self.scope) < (2, 4):
+            if self.cause is Cause.DEADLINE or _spec_version(self.scope) < (2, 4):
                 return
         before = self._response
         try:
@@ -295,6 +331,8 @@ class Exchange:
                 self._response = _COMPLETE
         elif kind == "http.response.pathsend":
             self._response = _COMPLETE
+        if self._response == _COMPLETE and self.deadline is not None:
+            self._lift_deadline()
         # The response counts as complete before the final send returns: a server may report
         # the disconnect that follows a complete response while that send is still flushing.
         try:
@@ -308,20 +346,48 @@ class Exchange:
             raise
 
     async def answer_for_the_app(self) -> None:
-        """End an abandoned exchange whose app stopped before starting a response.
+        """End an exchange whose app was stopped before completing its response.
 
-        Nobody receives it: the server drops what is sent after the client left. It is for
+        After a deadline the client is still there: it gets a 504, or, when the response
+        had started, a response cut short (see :meth:`_cut`). After the client left nobody
+        receives the answer: the server drops what is sent after the client left. It is for
         what wraps the middleware, which may count an app that returns without a response
         as an error (Starlette's ``BaseHTTPMiddleware`` raises "No response returned.").
         499 is the status proxies log for a client that closed the request.
         """
         if self._response != _NONE:
+            if self.cause is Cause.DEADLINE:
+                await self._cut()
             return
+        if self.cause is Cause.DEADLINE:
+            start, body = plain_response(504, b"Gateway Timeout\n")
+        else:
+            start, body = {"type": "http.response.start", "status": 499, "headers": []}, b""
         try:
-            await self._send({"type": "http.response.start", "status": 499, "headers": []})
-            await self._send({"type": "http.response.body", "body": b""})
+            await self._send(start)
+            await self._send({"type": "http.response.body", "body": body})
         except OSError:
-            pass  # ASGI 2.4: the server says, again, that the client has gone
+            pass  # ASGI 2.4: the client has gone
+
+    async def _cut(self) -> None:
+        """End a response that the deadline interrupted, so that the client sees it cut."""
+
+    def past_deadline(self) -> bool:
+        """Whether the deadline has passed while the response was not complete."""
+        deadline = self.deadline
+        return (
+            deadline is not None
+            and self._response != _COMPLETE
+            and not self._ended
+            and time.monotonic() >= deadline
+        )
+
+    def time_left(self) -> float:
+        """Seconds until the deadline: inf for none (or once the response is complete)."""
+        deadline = self.deadline
+        if deadline is None or self._response == _COMPLETE:
+            return math.inf
+        return max(0.0, deadline - time.monotonic())
 
     async def wait_disconnected(self) -> None:
         if self.disconnected or self._ended or self.failure is not None:
@@ -389,6 +455,12 @@ class Exchange:
         elif kind == _DISCONNECT:
             self._client_left()
         return kind
+
+    def _deadline_passed(self) -> None:
+        # Too late for the app's answer: it is told, or cancelled, as if the client had left.
+        if not self.disconnected and self._response != _COMPLETE and not self._ended:
+            self.cause = Cause.DEADLINE
+            self._client_left()
 
     def _client_left(self) -> None:
         if self.disconnected:
@@ -473,6 +545,15 @@ class Ticker:
         for exchange in old:
             exchange.outlived_tick()
         self._armed = bool(self._old)
+
+
+def plain_response(status: int, body: bytes) -> tuple[Message, bytes]:
+    """The start of a short text response of the middleware's own, and its body."""
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    return {"type": "http.response.start", "status": status, "headers": headers}, body
 
 
 def _body_size(message: Message) -> int:

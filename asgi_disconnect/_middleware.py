@@ -9,8 +9,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 from ._asyncio import AsyncioTicker
+from ._deadline import Timeout, check_seconds, header_name, header_timeout, queued_for, timeout_for
 from ._django import attach
-from ._exchange import SCOPE_KEY, Disconnect, Exchange, Phase, Ticker, note_listening_readers
+from ._exchange import (
+    SCOPE_KEY,
+    Cause,
+    Disconnect,
+    Exchange,
+    Phase,
+    Ticker,
+    note_listening_readers,
+    plain_response,
+)
 from ._types import ASGIApp, Receive, Scope, Send, WrappedApp
 
 logger = logging.getLogger("asgi_disconnect")
@@ -37,6 +47,19 @@ class DisconnectMiddleware:
         of an abandoned request has stopped; what it raises is logged.
     :param exclude_paths: path prefixes whose requests are passed on untouched.
     :param exclude: a predicate on the scope; requests it accepts are passed on untouched.
+    :param timeout: seconds a request may take, from when the middleware receives it, or a
+        callable that gives them for a scope (None: no deadline for that request). When
+        the deadline passes before the response is complete, the app is stopped as if its
+        client had left, and the client gets a 504, or a response visibly cut short.
+    :param timeout_header: a request header in which the proxy in front says how many
+        milliseconds it will wait (Envoy's ``x-envoy-expected-rq-timeout-ms``). The deadline
+        is the earlier of the two; values that are not a positive number are ignored.
+    :param request_start_header: a request header in which the proxy in front stamps when it
+        received the request (``x-request-start``: ``t=`` and seconds, milliseconds or
+        microseconds since the epoch). The time since then counts against the deadline, and
+        a request already past it is answered 503 without calling the app.
+    :param clock_skew: seconds by which the proxy's clock may be behind this machine's: that
+        much of the time since the proxy's stamp is not counted.
     :raises ValueError: when an option is invalid.
     """
 
@@ -49,6 +72,10 @@ class DisconnectMiddleware:
         on_disconnect: OnDisconnect | None = None,
         exclude_paths: Iterable[str] = (),
         exclude: Callable[[Scope], bool] | None = None,
+        timeout: Timeout = None,
+        timeout_header: str | None = None,
+        request_start_header: str | None = None,
+        clock_skew: float = 1.0,
     ) -> None:
         if not callable(app):
             raise ValueError(f"app must be an ASGI application (a callable), not {app!r}")
@@ -67,6 +94,15 @@ class DisconnectMiddleware:
             raise ValueError(f"on_disconnect must be callable, not {on_disconnect!r}")
         if exclude is not None and not callable(exclude):
             raise ValueError(f"exclude must be a callable taking the scope, not {exclude!r}")
+        if timeout is not None and not callable(timeout):
+            timeout = check_seconds("timeout", timeout)
+        self._timeout_header = header_name("timeout_header", timeout_header)
+        self._request_start_header = header_name("request_start_header", request_start_header)
+        self.clock_skew = check_seconds("clock_skew", clock_skew, zero=True)
+        self.timeout = timeout
+        self.timeout_header = timeout_header
+        self.request_start_header = request_start_header
+        self._deadlines = timeout is not None or timeout_header is not None
         self.app = app
         # Requests the middleware leaves alone get the server's own scope, receive and send.
         self._untouched = cast(ASGIApp, app)
@@ -94,6 +130,12 @@ class DisconnectMiddleware:
             await self._untouched(scope, receive, send)
             return
 
+        budget = None
+        if self._deadlines:
+            budget = self._budget(scope)
+            if budget is not None and budget <= 0:
+                await self._too_late(scope, send)
+                return
         if len(sys.modules) != self._imported:
             self._look_for_frameworks()
         try:
@@ -106,7 +148,7 @@ class DisconnectMiddleware:
         if ticker is None or ticker.loop is not loop:
             ticker = self._ticker = _ticker_for(loop)
         exchange = ticker.exchange_class(
-            scope, receive, send, self.read_ahead, self.grace_period, ticker
+            scope, receive, send, self.read_ahead, self.grace_period, ticker, budget
         )
         app_scope = {**scope, SCOPE_KEY: exchange}
         try:
@@ -115,7 +157,9 @@ class DisconnectMiddleware:
                 await exchange.answer_for_the_app()
         finally:
             if exchange.phase is not None:
-                await self._report(Disconnect(app_scope, exchange.phase, exchange.left_after))
+                await self._report(
+                    Disconnect(app_scope, exchange.phase, exchange.left_after, exchange.cause)
+                )
             if exchange.failure is not None and not exchange.failure_seen:
                 logger.error(
                     "the server's receive() failed while the app was not reading",
@@ -129,6 +173,38 @@ class DisconnectMiddleware:
         self._wrapped = attach(self.app)
         note_listening_readers()
 
+    def _budget(self, scope: Scope) -> float | None:
+        """Seconds this request may take from now, or None for no deadline."""
+        budget = timeout_for(self.timeout, scope)
+        if self._timeout_header is None and self._request_start_header is None:
+            return budget
+        limits: list[bytes] = []
+        starts: list[bytes] = []
+        for name, value in scope.get("headers", ()):
+            name = name.lower()
+            if name == self._timeout_header:
+                limits.append(value)
+            elif name == self._request_start_header:
+                starts.append(value)
+        if limits:
+            limit = header_timeout(limits)
+            if limit is not None and (budget is None or limit < budget):
+                budget = limit
+        if starts and budget is not None:
+            budget -= queued_for(starts, self.clock_skew)
+        return budget
+
+    async def _too_late(self, scope: Scope, send: Send) -> None:
+        # The proxy kept the request waiting past its deadline: whoever asked has stopped
+        # waiting, or is about to. Nothing is read or run for it.
+        start, body = plain_response(503, b"Service Unavailable\n")
+        try:
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+        except OSError:
+            pass  # ASGI 2.4: the client has gone already
+        await self._report(Disconnect(scope, Phase.QUEUED, 0.0, Cause.DEADLINE))
+
     def _excluded(self, scope: Scope) -> bool:
         if self._prefixes:
             path = scope.get("path", "")
@@ -139,10 +215,14 @@ class DisconnectMiddleware:
 
     async def _report(self, disconnect: Disconnect) -> None:
         scope = disconnect.scope
-        logger.info(
-            "%s %s: client disconnected while %s, %.3f s into the request",
+        # A client that leaves is routine; a deadline that passes is a request the app could
+        # not answer in time.
+        logger.log(
+            logging.INFO if disconnect.cause is Cause.CLIENT_LEFT else logging.WARNING,
+            "%s %s: %s while %s, %.3f s into the request",
             scope.get("method", "-"),
             scope.get("path", "-"),
+            _CAUSES[disconnect.cause],
             _DESCRIPTIONS[disconnect.phase],
             disconnect.elapsed,
         )
@@ -156,7 +236,13 @@ class DisconnectMiddleware:
             logger.exception("on_disconnect raised")
 
 
+_CAUSES = {
+    Cause.CLIENT_LEFT: "client disconnected",
+    Cause.DEADLINE: "deadline passed",
+}
+
 _DESCRIPTIONS = {
+    Phase.QUEUED: "queued in front of the app",
     Phase.BODY: "reading the body",
     Phase.WORKING: "working",
     Phase.STREAMING: "streaming the response",
@@ -196,15 +282,31 @@ def exchange_of(scope: Mapping[str, Any]) -> Exchange:
 
 
 def is_disconnected(scope: Mapping[str, Any]) -> bool:
-    """Tell whether the client of this request has gone.
+    """Tell whether the client of this request has gone, or its deadline has passed.
 
-    Safe to call from any thread, so that code which cannot be cancelled (a sync view in a
-    thread, a CPU-bound loop) can stop on its own.
+    Either way nobody will read what the app answers now. Safe to call from any thread, so
+    that code which cannot be cancelled (a sync view in a thread, a CPU-bound loop) can stop
+    on its own.
 
     :param scope: the request's scope, as the app received it.
     :raises ValueError: when the scope did not pass through :class:`DisconnectMiddleware`.
     """
-    return exchange_of(scope).disconnected
+    exchange = exchange_of(scope)
+    return exchange.disconnected or exchange.past_deadline()
+
+
+def time_left(scope: Mapping[str, Any]) -> float:
+    """Seconds until this request's deadline: ``math.inf`` when it has none, 0 once passed.
+
+    For code that cannot see anyio's ``current_effective_deadline()`` (sync code in a
+    thread) and budgets its own waits: a database statement timeout, an HTTP client's.
+    Safe to call from any thread. Once the response is complete the deadline no longer
+    applies: work after the response (background tasks) has all the time it needs.
+
+    :param scope: the request's scope, as the app received it.
+    :raises ValueError: when the scope did not pass through :class:`DisconnectMiddleware`.
+    """
+    return exchange_of(scope).time_left()
 
 
 async def wait_disconnected(scope: Mapping[str, Any]) -> None:

@@ -7,6 +7,8 @@ task, in the request's own context, that the request joins before it returns.
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 from ._exchange import TICK, Exchange, Ticker
@@ -20,15 +22,26 @@ def current_token() -> object:
 
 class TrioExchange(Exchange):
     _watch_scope: trio.CancelScope | None = None
+    _tell_scope: trio.CancelScope | None = None
     _cancel_scope: trio.CancelScope
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
-        with trio.CancelScope() as self._cancel_scope:
+        budget = self._budget
+        # trio keeps deadlines in a heap it checks between its batches: no timer to start, and
+        # none to stop, for a request that ends before its deadline. The scope's is when the
+        # app is cancelled: after the grace period, if there is one (see _arm_deadline).
+        deadline = math.inf if budget is None else trio.current_time() + budget + self._grace_period
+        with trio.CancelScope(deadline=deadline) as self._cancel_scope:
             self._ticker.add(self)
             try:
                 await app(scope, self.receive, self.send)
             finally:
+                if budget is not None and not self.disconnected and self.past_deadline():
+                    # trio cancelled the app itself, at its deadline: note why.
+                    self._deadline_passed()
                 self._end()
+                if self._tell_scope is not None:
+                    self._tell_scope.cancel()
                 if self._watch_scope is not None:
                     self._watch_scope.cancel()
                     with trio.CancelScope(shield=True):
@@ -61,6 +74,30 @@ class TrioExchange(Exchange):
             )
         else:
             self._cancel_scope.cancel()
+
+    def _arm_deadline(self) -> None:
+        # With a grace period the app is told when its deadline passes, and cancelled when the
+        # grace period is over, by its scope's deadline.
+        if self._grace_period and self._tell_scope is None:
+            self._tell_scope = trio.CancelScope(
+                deadline=self._cancel_scope.deadline - self._grace_period
+            )
+            trio.lowlevel.spawn_system_task(
+                self._tell_when_due,
+                self._tell_scope,
+                name="asgi_disconnect deadline",
+                context=self._context,
+            )
+
+    async def _tell_when_due(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep_forever()
+        self._deadline_passed()  # unless the request is over: then nothing happens
+
+    def _lift_deadline(self) -> None:
+        self._cancel_scope.deadline = math.inf
+        if self._tell_scope is not None:
+            self._tell_scope.cancel()
 
     async def _take_cancellation(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

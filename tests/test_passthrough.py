@@ -87,10 +87,12 @@ def test_the_public_names_are_pinned() -> None:
     import asgi_disconnect
 
     assert asgi_disconnect.__all__ == [
+        "Cause",
         "Disconnect",
         "DisconnectMiddleware",
         "Phase",
         "is_disconnected",
+        "time_left",
         "wait_disconnected",
     ]
     assert re.fullmatch(r"\d+\.\d+\.\d+", asgi_disconnect.__version__)
