@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from ._servers import end_cut_response
 from ._types import AppScope, Message, Receive, Scope, Send, WrappedApp
 
 # A server that floods the channel with empty or unknown messages must not grow the buffer
@@ -357,7 +358,7 @@ class Exchange:
         """
         if self._response != _NONE:
             if self.cause is Cause.DEADLINE:
-                await self._cut()
+                self._cut()
             return
         if self.cause is Cause.DEADLINE:
             start, body = plain_response(504, b"Gateway Timeout\n")
@@ -369,8 +370,9 @@ class Exchange:
         except OSError:
             pass  # ASGI 2.4: the client has gone
 
-    async def _cut(self) -> None:
+    def _cut(self) -> None:
         """End a response that the deadline interrupted, so that the client sees it cut."""
+        end_cut_response(self._send)
 
     def past_deadline(self) -> bool:
         """Whether the deadline has passed while the response was not complete."""

@@ -17,13 +17,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("soak against uvicorn")
         for line in report.lines():
             terminalreporter.line(line)
-    servers = sys.modules.get("servers")
-    latencies: dict[str, list[float]] = getattr(servers, "LATENCIES", {})
-    if not latencies:
-        return
-    terminalreporter.section("client's close to the handler's cancellation (ms)")
-    for name, values in latencies.items():
-        ms = sorted(value * 1000 for value in values)
-        terminalreporter.line(
-            f"{name:20} n={len(ms):3}  median {statistics.median(ms):6.2f}  max {ms[-1]:6.2f}"
-        )
+    figures = [
+        ("servers", "client's close to the handler's cancellation (ms)"),
+        ("test_deadline_servers", "a request's deadline to its client having the 504 (ms)"),
+    ]
+    for module, title in figures:
+        latencies: dict[str, list[float]] = getattr(sys.modules.get(module), "LATENCIES", {})
+        if latencies:
+            terminalreporter.section(title)
+        for name, values in latencies.items():
+            ms = sorted(value * 1000 for value in values)
+            terminalreporter.line(
+                f"{name:20} n={len(ms):3}  median {statistics.median(ms):6.2f}  max {ms[-1]:6.2f}"
+            )

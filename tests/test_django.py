@@ -707,3 +707,63 @@ async def test_django_imported_after_the_middleware_is_recognised_from_then_on(
         await communicator.wait(5)
     assert len(finished) == 1
     assert HELD.pop(rid)._stream.closed
+
+
+# -- deadlines ------------------------------------------------------------------------------
+
+DEADLINE = 0.2
+
+
+def timed(how: str) -> DisconnectMiddleware:
+    middleware = wrapped(how)
+    return DisconnectMiddleware(middleware.app, timeout=DEADLINE)
+
+
+@pytest.mark.parametrize("how", ["direct", "channels", "passthrough"])
+async def test_a_view_past_its_deadline_is_stopped_finished_once_and_answered_504(
+    events: Events, how: str
+) -> None:
+    # Django >= 5 is told, as when its client leaves, and stops its view itself; Django 4.2
+    # is cancelled, and the middleware finishes the request for it. Either way the 504 follows.
+    from served.djsite.views import HELD
+
+    rid = new_id("django")
+    before = asyncio.all_tasks()
+    with counting_request_finished() as finished:
+        communicator = ApplicationCommunicator(timed(how), scope("POST", "/held", rid))
+        await communicator.send_input({"type": "http.request", "body": b"some body"})
+        start = await communicator.receive_output(5)
+        body = await communicator.receive_output(5)
+        await communicator.wait(5)
+        leftover = asyncio.all_tasks() - before - {asyncio.current_task()}
+        assert {task for task in leftover if not task.done()} == set()
+    assert (start["status"], body["body"]) == (504, b"Gateway Timeout\n")
+    assert "cancelled" in events.of(rid)
+    assert len(finished) == 1
+    assert HELD.pop(rid)._stream.closed
+
+
+async def test_a_sync_view_past_its_deadline_stops_at_its_next_check(events: Events) -> None:
+    rid = new_id("django")
+    with counting_request_finished() as finished:
+        communicator = ApplicationCommunicator(timed("direct"), scope("GET", "/work-sync", rid))
+        await communicator.send_input({"type": "http.request", "body": b""})
+        start = await communicator.receive_output(5)
+        await communicator.receive_output(5)
+        await communicator.wait(5)
+    assert start["status"] == 504
+    assert "stopped" in events.of(rid)
+    assert len(finished) == 1
+
+
+async def test_a_stream_past_its_deadline_is_cut_and_finished_once(events: Events) -> None:
+    rid = new_id("django")
+    with counting_request_finished() as finished:
+        communicator = ApplicationCommunicator(timed("direct"), scope("GET", "/stream", rid))
+        await communicator.send_input({"type": "http.request", "body": b""})
+        sent = await outputs(communicator)
+        await communicator.wait(5)
+    assert sent[0]["status"] == 200
+    assert all(message.get("more_body") for message in sent[1:])  # never completed
+    assert "cancelled" in events.of(rid)
+    assert len(finished) == 1

@@ -22,6 +22,8 @@ GRACE = 0.5
 FOREVER = 30.0
 #: How long work after the response takes.
 AFTER = 0.5
+#: The budget of requests under ``/deadline``: shorter than AFTER.
+DEADLINE = 0.3
 
 
 def record(request_id: str, event: str) -> None:

@@ -1,5 +1,5 @@
 """A raw ASGI app, served behind the middleware at ``/``, bare at ``/bare``, with a grace
-period at ``/grace``."""
+period at ``/grace``, and with a deadline at ``/deadline``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import anyio
 from asgi_disconnect import DisconnectMiddleware, wait_disconnected
 from asgi_disconnect._types import Receive, Scope, Send
 
-from ._common import AFTER, FOREVER, GRACE, dispatch, record, recorded, request_id
+from ._common import AFTER, DEADLINE, FOREVER, GRACE, dispatch, record, recorded, request_id
 
 
 async def read_body(receive: Receive) -> bytes | None:
@@ -71,6 +71,15 @@ async def handler(scope: Scope, receive: Receive, send: Send) -> None:
                 )
                 await anyio.sleep(0.02)
         await send({"type": "http.response.body"})
+    elif route == "/sized":
+        # A response of a known length, cut short if the app stops mid-way.
+        await read_body(receive)
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"1000")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async with recorded(rid):
+            await send({"type": "http.response.body", "body": b"x" * 10, "more_body": True})
+            await anyio.sleep(FOREVER)
+        await send({"type": "http.response.body", "body": b"x" * 990})
     elif route == "/after":
         await read_body(receive)
         await respond(send, b"responded")
@@ -98,5 +107,6 @@ app = dispatch(
         "": DisconnectMiddleware(handler),
         "/bare": handler,
         "/grace": DisconnectMiddleware(handler, grace_period=GRACE),
+        "/deadline": DisconnectMiddleware(handler, timeout=DEADLINE),
     }
 )

@@ -1,0 +1,53 @@
+"""How a cut response is ended on each server: what the server tests see, in process."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+
+import pytest
+from daphne.server import Server
+
+from asgi_disconnect._servers import COMPLAINTS, end_cut_response
+
+
+class Request:
+    """Stands for twisted's request, which daphne's send() is bound to."""
+
+    closed = 0
+
+    def loseConnection(self) -> None:  # noqa: N802 (twisted's name)
+        self.closed += 1
+
+
+def test_daphne_is_told_to_close_the_connection() -> None:
+    request = Request()
+    # As daphne makes it: partial(self.handle_reply, protocol).
+    end_cut_response(functools.partial(Server.__new__(Server).handle_reply, request))
+    assert request.closed == 1
+
+
+@pytest.mark.parametrize("name", list(COMPLAINTS))
+def test_the_servers_complaint_of_a_cut_response_is_dropped_once(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger(name)
+
+    async def send(message: object) -> None:
+        raise AssertionError  # pragma: no cover
+
+    def serve_one(cut: bool) -> None:
+        if cut:
+            end_cut_response(send)
+        logger.error(COMPLAINTS[name])  # the app returned mid-response
+        logger.error(COMPLAINTS[name])  # the same again: not the cut one's
+        logger.error("something else")
+
+    with caplog.at_level(logging.ERROR, logger=name):
+        contextvars.copy_context().run(serve_one, True)
+        assert [r.getMessage() for r in caplog.records] == [COMPLAINTS[name], "something else"]
+        caplog.clear()
+        # A request the middleware did not cut, in a context of its own, as servers run them.
+        contextvars.copy_context().run(serve_one, False)
+        assert len(caplog.records) == 3
