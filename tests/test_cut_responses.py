@@ -7,7 +7,7 @@ import functools
 import logging
 
 import pytest
-from daphne.server import Server
+from daphne.server import Server  # type: ignore[import-untyped]
 
 from asgi_disconnect._servers import COMPLAINTS, end_cut_response
 
@@ -17,7 +17,7 @@ class Request:
 
     closed = 0
 
-    def loseConnection(self) -> None:  # noqa: N802 (twisted's name)
+    def loseConnection(self) -> None:
         self.closed += 1
 
 

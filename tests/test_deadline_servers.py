@@ -95,7 +95,7 @@ def test_a_response_streaming_at_its_deadline_is_seen_cut(
 ) -> None:
     served, events = server
     rid = new_id("deadline")
-    response, sent, closed = exchange(served.port, f"/deadline/{route}?id={rid}")
+    response, _, closed = exchange(served.port, f"/deadline/{route}?id={rid}")
     assert response.startswith(b"HTTP/1.1 200 ")
     assert closed, "the server left the connection of a cut response open"
     assert not _complete(response), response
