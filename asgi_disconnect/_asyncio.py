@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import math
 import sys
+import time
 from asyncio import AbstractEventLoop, CancelledError, Task
 from collections.abc import Callable
 from types import TracebackType
@@ -170,8 +171,7 @@ class AsyncioExchange(Exchange):
         if budget is None:
             cancel_scope = self._cancel_scope = CancelOnce()
         else:
-            loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
-            cancel_scope = self._cancel_scope = CancelOnce(deadline=loop.time() + budget)
+            cancel_scope = self._cancel_scope = CancelOnce(deadline=self._on_loop_clock())
             # Set before the scope is entered, where anyio arms its timer: a deadline within
             # the ticks that a request waits for its watcher gets a timer at once.
             cancel_scope._timer_allowed = budget < 2 * TICK
@@ -213,9 +213,19 @@ class AsyncioExchange(Exchange):
         else:
             cancel_scope.cancel()
 
+    def _on_loop_clock(self) -> float:
+        # The deadline is kept on time.monotonic()'s clock; the loop's may differ (uvloop's is
+        # read once an iteration). Read in this order, never earlier than the deadline.
+        left = self.deadline - time.monotonic()  # type: ignore[operator]
+        loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
+        return loop.time() + left
+
     def _deadline_reached(self) -> None:
         if self.disconnected:
             self._cancel_scope.cancel()  # a grace period is over
+        elif 0 < self.time_left() < math.inf:
+            # The loop's clock ran ahead of the deadline's: not yet.
+            self._cancel_scope.deadline = self._on_loop_clock()
         else:
             self._deadline_passed()
 

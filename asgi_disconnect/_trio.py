@@ -8,6 +8,7 @@ task, in the request's own context, that the request joins before it returns.
 from __future__ import annotations
 
 import math
+import time
 
 import trio
 
@@ -30,7 +31,11 @@ class TrioExchange(Exchange):
         # trio keeps deadlines in a heap it checks between its batches: no timer to start, and
         # none to stop, for a request that ends before its deadline. The scope's is when the
         # app is cancelled: after the grace period, if there is one (see _arm_deadline).
-        deadline = math.inf if budget is None else trio.current_time() + budget + self._grace_period
+        deadline = math.inf
+        if self.deadline is not None:
+            # Read in this order, never earlier than the deadline on time.monotonic()'s clock.
+            left = self.deadline - time.monotonic()
+            deadline = trio.current_time() + left + self._grace_period
         with trio.CancelScope(deadline=deadline) as self._cancel_scope:
             self._ticker.add(self)
             try:
