@@ -180,7 +180,8 @@ class AsyncioExchange(Exchange):
             with cancel_scope:
                 await app(scope, self.receive, self.send)
         finally:
-            cancel_scope.on_deadline = None  # no cycle through the exchange
+            if budget is not None:
+                cancel_scope.on_deadline = None  # no cycle through the exchange
             self._end()
             watcher = self._watcher
             if watcher is not None:

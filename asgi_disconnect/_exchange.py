@@ -302,7 +302,8 @@ class Exchange:
         return message
 
     async def send(self, message: Mapping[str, Any]) -> None:
-        if self.deadline is not None and not self.disconnected and self.past_deadline():
+        deadline = self.deadline
+        if deadline is not None and time.monotonic() >= deadline:
             # Whether or not its timer has fired yet: nothing the app sends now reaches the
             # client, which gets the middleware's 504 or a cut response.
             self._deadline_passed()

@@ -107,6 +107,10 @@ def wrap(middleware: str, app: App) -> App:
         from asgi_disconnect import DisconnectMiddleware
 
         return DisconnectMiddleware(app)  # type: ignore[arg-type]
+    if middleware == "asgi_disconnect_timeout":
+        from asgi_disconnect import DisconnectMiddleware
+
+        return DisconnectMiddleware(app, timeout=30.0)  # type: ignore[arg-type]
     if middleware == "fastapi_disconnect":
         from fastapi_disconnect import CancelOnDisconnectMiddleware  # type: ignore[import-not-found]
 

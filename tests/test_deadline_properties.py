@@ -56,9 +56,9 @@ plans = st.builds(
 @dataclass
 class Seen:
     deadline: float = math.nan
-    #: time.monotonic() when the app was stopped, when its last send began, when it was done.
+    #: time.monotonic() when the app was stopped, and when its last send returned.
     stopped: float | None = None
-    completing: float | None = None
+    completed: float | None = None
     after_done: bool = False
     told: bool = False
 
@@ -80,8 +80,8 @@ def app_for(plan: Plan, seen: Seen) -> DisconnectMiddleware:
             for _ in range(plan.chunks):
                 await send({"type": "http.response.body", "body": b"x", "more_body": True})
                 await anyio.sleep(plan.gap)
-            seen.completing = time.monotonic()
             await send({"type": "http.response.body", "body": b"end"})
+            seen.completed = time.monotonic()
         except anyio.get_cancelled_exc_class():
             seen.stopped = time.monotonic()
             raise
@@ -124,9 +124,9 @@ async def test_a_deadline_stops_the_app_only_between_its_passing_and_the_respons
         return
     [report] = reports
     assert report.cause == "deadline"
-    # The deadline passed before the response was complete, and nothing stopped the app
-    # before then.
-    assert seen.completing is None or seen.completing >= seen.deadline
+    # The deadline passed before the response was complete (the middleware saw it pass before
+    # the last send returned), and nothing stopped the app before then.
+    assert seen.completed is None or seen.completed >= seen.deadline
     if seen.stopped is not None:
         assert seen.stopped >= seen.deadline
     if not plan.grace:
