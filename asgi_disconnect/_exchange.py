@@ -333,7 +333,7 @@ class Exchange:
                 self._response = _COMPLETE
         elif kind == "http.response.pathsend":
             self._response = _COMPLETE
-        if self._response == _COMPLETE and self.deadline is not None:
+        if self._response == _COMPLETE and self.deadline is not None and not self.disconnected:
             self._lift_deadline()
         # The response counts as complete before the final send returns: a server may report
         # the disconnect that follows a complete response while that send is still flushing.
@@ -481,16 +481,14 @@ class Exchange:
         else:
             self.phase = Phase.STREAMING
         self.left_after = time.monotonic() - self._started_at
-        if self.stops_itself:
-            return
-        if self._listening:
-            # The app awaits receive() after its body, or in a body reader that handles the
-            # disconnect: it listens for it itself (Django, Quart, Starlette's streaming
-            # responses) and now has it. Cancelling it at once would cut through its own
-            # clean-up: Django's and Quart's handlers would orphan the tasks they wait for.
-            # A grace period still bounds how long it may take.
-            if self._grace_period:
-                self._cancel_app(self._grace_period)
+        # The app awaits receive() after its body, or in a body reader that handles the
+        # disconnect: it listens for it itself (Django, Quart, Starlette's streaming responses)
+        # and now has it. Cancelling it at once would cut through its own clean-up: Django's
+        # and Quart's handlers would orphan the tasks they wait for. A grace period still
+        # bounds how long it may take, except for Django >= 5, which stops itself.
+        if self.stops_itself or (self._listening and not self._grace_period):
+            if self.deadline is not None:
+                self._lift_deadline()  # nor may a deadline cancel it now
             return
         self._cancel_app(self._grace_period)
 

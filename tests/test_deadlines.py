@@ -573,3 +573,51 @@ async def test_a_timeout_callable_that_returns_nonsense_is_named(returned: objec
         await c.wait()
     assert isinstance(c.error, ValueError)
     assert "the seconds that timeout(scope) returns must be" in str(c.error)
+
+
+async def test_a_grace_period_after_the_client_left_holds_when_its_send_fails() -> None:
+    # ASGI 2.4: the app's last send fails once the client left; it goes on regardless, and its
+    # grace period still ends it, deadline or not.
+    record = Record()
+    scope = http_scope(asgi={"version": "3.0", "spec_version": "2.4"})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await wait_disconnected(scope)
+        try:
+            await send({"type": "http.response.body", "body": b"end"})
+        except OSError:
+            record.events.append("send failed")
+        await work_until_cancelled(record)
+
+    middleware = DisconnectMiddleware(app, timeout=FOREVER, grace_period=BUDGET)
+    async with communicate(middleware, scope, send_raises=True) as c:
+        await c.send_body(b"")
+        await c.receive_output()
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["send failed", "cancelled"]
+
+
+async def test_an_app_told_that_its_client_left_is_not_cancelled_at_its_deadline() -> None:
+    # It listens, hears the disconnect and cleans up past its deadline: it stops itself, as
+    # Django >= 5 does, and nothing may cut its clean-up.
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        record.started.set()
+        assert (await receive())["type"] == "http.disconnect"
+        await anyio.sleep(BUDGET * 3)
+        record.events.append("clean-up done")
+
+    reports: list[Disconnect] = []
+    middleware = DisconnectMiddleware(app, timeout=BUDGET, on_disconnect=reports.append)
+    async with communicate(middleware) as c:
+        await c.send_body(b"")
+        await record.started.wait()
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["clean-up done"]
+    assert [r.cause for r in reports] == [Cause.CLIENT_LEFT]
