@@ -229,6 +229,13 @@ class Exchange:
 
     def _end(self) -> None:
         """The app has returned: the request is over, whatever else still holds it."""
+        if self.deadline is not None and not self.disconnected and self.past_deadline():
+            # It returned after its deadline, its response not complete, and before the
+            # deadline's timer had its turn (a loop held up by blocking code; trio's own
+            # cancellation): too late all the same.
+            self.cause = Cause.DEADLINE
+            self.disconnected = True
+            self._note_phase()
         self._ended = True
         # Nothing may wait for a request that is over: receive() and wait_disconnected()
         # from work the app left behind return now.
@@ -474,13 +481,7 @@ class Exchange:
         self._notify()
         if self._response == _COMPLETE or self._ended:
             return  # nothing is lost: work after the response runs to its end
-        if not self._body_complete:
-            self.phase = Phase.BODY
-        elif self._response == _NONE:
-            self.phase = Phase.WORKING
-        else:
-            self.phase = Phase.STREAMING
-        self.left_after = time.monotonic() - self._started_at
+        self._note_phase()
         # The app awaits receive() after its body, or in a body reader that handles the
         # disconnect: it listens for it itself (Django, Quart, Starlette's streaming responses)
         # and now has it. Cancelling it at once would cut through its own clean-up: Django's
@@ -491,6 +492,15 @@ class Exchange:
                 self._lift_deadline()  # nor may a deadline cancel it now
             return
         self._cancel_app(self._grace_period)
+
+    def _note_phase(self) -> None:
+        if not self._body_complete:
+            self.phase = Phase.BODY
+        elif self._response == _NONE:
+            self.phase = Phase.WORKING
+        else:
+            self.phase = Phase.STREAMING
+        self.left_after = time.monotonic() - self._started_at
 
     def _broken(self, exc: Exception) -> None:
         # The channel is broken: every later receive() says so rather than hang, and

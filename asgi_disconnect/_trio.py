@@ -27,7 +27,6 @@ class TrioExchange(Exchange):
     _cancel_scope: trio.CancelScope
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
-        budget = self._budget
         # trio keeps deadlines in a heap it checks between its batches: no timer to start, and
         # none to stop, for a request that ends before its deadline. The scope's is when the
         # app is cancelled: after the grace period, if there is one (see _arm_deadline).
@@ -41,10 +40,7 @@ class TrioExchange(Exchange):
             try:
                 await app(scope, self.receive, self.send)
             finally:
-                if budget is not None and not self.disconnected and self.past_deadline():
-                    # trio cancelled the app itself, at its deadline: note why.
-                    self._deadline_passed()
-                self._end()
+                self._end()  # which notes a deadline that trio's own cancellation met
                 if self._tell_scope is not None:
                     self._tell_scope.cancel()
                 if self._watch_scope is not None:

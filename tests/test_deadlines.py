@@ -621,3 +621,21 @@ async def test_an_app_told_that_its_client_left_is_not_cancelled_at_its_deadline
         await c.wait()
     assert record.events == ["clean-up done"]
     assert [r.cause for r in reports] == [Cause.CLIENT_LEFT]
+
+
+async def test_an_app_that_returns_after_its_deadline_without_answering_gets_a_504() -> None:
+    # Blocking code held the loop past the deadline; the app then returns without a response,
+    # before the deadline's timer had its turn.
+    reports: list[Disconnect] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await anyio.sleep(0.005)  # past the ticks: the deadline has its timer
+        time.sleep(BUDGET * 2)  # noqa: ASYNC251 (the point: a blocked loop)
+
+    middleware = DisconnectMiddleware(app, timeout=BUDGET, on_disconnect=reports.append)
+    async with communicate(middleware) as c:
+        await c.send_body(b"")
+        await c.wait()
+    assert c.sent == GATEWAY_TIMEOUT
+    assert [(r.cause, r.phase) for r in reports] == [(Cause.DEADLINE, Phase.WORKING)]
