@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -639,3 +640,39 @@ async def test_an_app_that_returns_after_its_deadline_without_answering_gets_a_5
         await c.wait()
     assert c.sent == GATEWAY_TIMEOUT
     assert [(r.cause, r.phase) for r in reports] == [(Cause.DEADLINE, Phase.WORKING)]
+
+
+class LaggingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock may lag time.monotonic(), as uvloop's, read once an
+    iteration, does."""
+
+    lag = 0.0
+
+    def time(self) -> float:
+        return super().time() - self.lag
+
+
+def test_a_loop_clock_that_lags_never_brings_the_deadline_forward() -> None:
+    loop = LaggingLoop()
+    stopped: list[float] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        deadline = time.monotonic() + time_left(scope)
+        loop.lag = 0.0  # the clock catches up: the scope's timer was set 0.03 s too early
+        try:
+            await anyio.sleep(FOREVER)
+        finally:
+            stopped.append(time.monotonic() - deadline)
+
+    async def main() -> list[Any]:
+        loop.lag = 0.03
+        async with communicate(DisconnectMiddleware(app, timeout=BUDGET)) as c:
+            await c.send_body(b"")
+            await c.wait()
+        return c.sent
+
+    try:
+        assert loop.run_until_complete(main()) == GATEWAY_TIMEOUT
+    finally:
+        loop.close()
+    assert stopped[0] >= 0
