@@ -380,7 +380,7 @@ class Exchange:
 
     def _cut(self) -> None:
         """End a response that the deadline interrupted, so that the client sees it cut."""
-        end_cut_response(self._send)
+        end_cut_response(self._send, self.scope.get("http_version"))
 
     def past_deadline(self) -> bool:
         """Whether the deadline has passed while the response was not complete."""

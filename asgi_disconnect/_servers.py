@@ -8,7 +8,8 @@ what else they do:
 - hypercorn and granian close the connection, and log nothing.
 - uvicorn and gunicorn close it, and log an error: right for an app that stopped by mistake.
   For a response the middleware cut on purpose, and reported itself, it drops that one line.
-- daphne waits for the rest of the response for ever: the middleware closes the connection.
+- daphne waits for the rest of the response for ever: the middleware closes the connection
+  (over HTTP/2, resets the stream: closing it would end it as if complete).
 """
 
 from __future__ import annotations
@@ -40,14 +41,19 @@ class _DropComplaintOfACut(logging.Filter):
 _FILTER = _DropComplaintOfACut()
 
 
-def end_cut_response(send: Any) -> None:
+def end_cut_response(send: Any, http_version: object) -> None:
     """Have the server end a started response without completing it, and without an error.
 
     :param send: the server's own ``send``.
+    :param http_version: the scope's.
     """
     func = getattr(send, "func", None)  # daphne's: partial(Server.handle_reply, request)
     if getattr(func, "__module__", "").startswith("daphne.") and send.args:
-        send.args[0].loseConnection()  # twisted's: what is buffered is sent first
+        request = send.args[0]  # twisted's
+        if http_version == "2":
+            request.channel.abortConnection()  # RST_STREAM for this stream alone
+        else:
+            request.loseConnection()  # what is buffered is sent first
         return
     for name in COMPLAINTS:
         logger = logging.getLogger(name)

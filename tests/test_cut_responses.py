@@ -13,19 +13,30 @@ from asgi_disconnect._servers import COMPLAINTS, end_cut_response
 
 
 class Request:
-    """Stands for twisted's request, which daphne's send() is bound to."""
+    """Stands for twisted's request, which daphne's send() is bound to, and its channel."""
 
-    closed = 0
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.channel = self
 
     def loseConnection(self) -> None:
-        self.closed += 1
+        self.calls.append("loseConnection")
+
+    def abortConnection(self) -> None:
+        self.calls.append("abortConnection")
 
 
-def test_daphne_is_told_to_close_the_connection() -> None:
+@pytest.mark.parametrize(
+    ("http_version", "call"), [("1.1", "loseConnection"), ("2", "abortConnection")]
+)
+def test_daphne_is_told_to_close_the_connection_or_reset_the_stream(
+    http_version: str, call: str
+) -> None:
     request = Request()
     # As daphne makes it: partial(self.handle_reply, protocol).
-    end_cut_response(functools.partial(Server.__new__(Server).handle_reply, request))
-    assert request.closed == 1
+    send = functools.partial(Server.__new__(Server).handle_reply, request)
+    end_cut_response(send, http_version)
+    assert request.calls == [call]
 
 
 @pytest.mark.parametrize("name", list(COMPLAINTS))
@@ -39,7 +50,7 @@ def test_the_servers_complaint_of_a_cut_response_is_dropped_once(
 
     def serve_one(cut: bool) -> None:
         if cut:
-            end_cut_response(send)
+            end_cut_response(send, "1.1")
         logger.error(COMPLAINTS[name])  # the app returned mid-response
         logger.error(COMPLAINTS[name])  # the same again: not the cut one's
         logger.error("something else")

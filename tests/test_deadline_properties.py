@@ -127,6 +127,7 @@ async def test_a_deadline_stops_the_app_only_between_its_passing_and_the_respons
         assert [m.get("more_body", False) for m in sent[1:]] == [True] * plan.chunks + [False]
         assert seen.stopped is None and seen.after_done and reports == []
         return
+    assert len(reports) == 1, (sent, seen, reports)
     [report] = reports
     assert report.cause == "deadline"
     # The deadline passed before the response was complete (the middleware saw it pass before

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from served._common import AFTER, DEADLINE
-from servers import COMMANDS, HOST, Events, Server, new_id
+from servers import COMMANDS, H2_COMMANDS, HOST, Events, H2Connection, Server, new_id
 
 pytestmark = pytest.mark.servers
 
@@ -110,3 +110,44 @@ def test_work_after_the_response_outlives_the_deadline(server: tuple[Server, Eve
     _, done = events.wait(rid, "after-done", timeout=AFTER + 15)
     assert done - events.of(rid)["responded"] >= AFTER - 0.01
     assert "cancelled" not in events.of(rid)
+
+
+@pytest.fixture(scope="module", params=list(H2_COMMANDS))
+def h2_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Events]]:
+    directory: Path = tmp_path_factory.mktemp(f"deadline-{request.param}")
+    events = Events(directory / "events")
+    server = Server(
+        request.param,
+        "served.raw_app:app",
+        {"ASGI_DISCONNECT_EVENTS": str(events.path)},
+        directory / "server.log",
+    )
+    server.start()
+    try:
+        yield server, events
+        time.sleep(0.2)
+        assert server.errors() == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("route", ["stream", "sized"])
+def test_over_http2_a_response_streaming_at_its_deadline_is_reset(
+    h2_server: tuple[Server, Events], route: str
+) -> None:
+    served, events = h2_server
+    if served.name.startswith("hypercorn"):
+        pytest.skip(
+            "hypercorn leaves the stream of an app that returned mid-response open, "
+            "with or without the middleware"
+        )
+    rid = new_id("deadline-h2")
+    with H2Connection.open(served) as connection:
+        stream = connection.request("GET", f"/deadline/{route}?id={rid}", end=False)
+        connection.send(stream, b"")  # uvicorn's zttp wants the request ended by a DATA frame
+        with pytest.raises(AssertionError, match="reset stream"):
+            connection.response(stream)
+        assert connection.heads[stream][0] == (b":status", b"200")
+    events.wait(rid, "cancelled")
