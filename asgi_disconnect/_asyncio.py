@@ -72,7 +72,7 @@ class CancelOnce(CancelScope):
 
     _delivered = False
     #: A request's deadline has no timer until the request outlives a tick: most end first.
-    _timer_allowed = True
+    _timer_allowed = False
     #: Called when the deadline passes, instead of cancelling.
     on_deadline: Callable[[], None] | None = None
 
@@ -172,9 +172,10 @@ class AsyncioExchange(Exchange):
             cancel_scope = self._cancel_scope = CancelOnce()
         else:
             cancel_scope = self._cancel_scope = CancelOnce(deadline=self._on_loop_clock())
-            # Set before the scope is entered, where anyio arms its timer: a deadline within
-            # the ticks that a request waits for its watcher gets a timer at once.
-            cancel_scope._timer_allowed = budget < 2 * TICK
+            if budget < 2 * TICK:
+                # Set before the scope is entered, where anyio arms its timer: a deadline
+                # within the ticks that a request waits for its watcher gets one at once.
+                cancel_scope._timer_allowed = True
             cancel_scope.on_deadline = self._deadline_reached
         try:
             with cancel_scope:
@@ -234,7 +235,11 @@ class AsyncioExchange(Exchange):
         self._cancel_scope.allow_timer()
 
     def _lift_deadline(self) -> None:
-        self._cancel_scope.deadline = math.inf
+        cancel_scope = self._cancel_scope
+        if cancel_scope._timer_allowed:
+            cancel_scope.deadline = math.inf  # and its timer with it
+        else:
+            cancel_scope._deadline = math.inf  # no timer yet: what anyio reports is all
 
     async def _take_cancellation(self) -> None:
         # Cancelled from the app's own task (it read the disconnect, or send() failed),

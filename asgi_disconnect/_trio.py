@@ -96,6 +96,8 @@ class TrioExchange(Exchange):
         self._deadline_passed()  # unless the request is over: then nothing happens
 
     def _lift_deadline(self) -> None:
+        # At once, whatever it costs trio (as much as setting it): lifted later, by the
+        # ticker, the deadline could pass first while blocking code held up the loop.
         self._cancel_scope.deadline = math.inf
         if self._tell_scope is not None:
             self._tell_scope.cancel()

@@ -69,7 +69,7 @@ async def background(request: Request) -> Response:
 
 
 def blocking(request: Request) -> Response:
-    time.sleep(5)  # noqa: ASYNC251 (what gunicorn's worker timeout is for: a stuck loop)
+    time.sleep(5)  # what gunicorn's worker timeout is for: a stuck loop
     return PlainTextResponse("done")
 
 

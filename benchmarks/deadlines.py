@@ -116,7 +116,8 @@ def describe(response: bytes, took: float, ending: str) -> str:
 
 
 def compare(ways: list[str]) -> None:
-    print("| way | slow (5 s) | stream (3 s) | work after the response (2 s) | blocked loop (5 s) |")
+    columns = ["slow (5 s)", "stream (3 s)", "work after the response (2 s)", "blocked loop (5 s)"]
+    print("| way | " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for way in ways:
         with tempfile.TemporaryDirectory() as directory:
