@@ -135,7 +135,11 @@ def compare(ways: list[str]) -> None:
                         if line.startswith(rid + " ")
                     ]
                     cell = describe(response, took, ending)
-                    cells.append(cell + (f"; handler {', '.join(seen)}" if seen else ""))
+                    if seen:
+                        cell += f"; handler {', '.join(seen)}"
+                    elif route in ("slow", "stream"):
+                        cell += "; handler still at work"
+                    cells.append(cell)
             errors = [line for line in log.read_text().splitlines() if ERROR.search(line)]
             print(f"| {way} | " + " | ".join(cells) + f" |  errors logged: {len(errors)}")
 

@@ -30,8 +30,8 @@ from asgi_disconnect._types import ASGIApp, Receive, Scope, Send
 registry = CollectorRegistry()
 ABANDONED = Counter(
     "http_requests_abandoned",
-    "Requests whose client left before the response was complete",
-    ["route", "phase"],
+    "Requests stopped before the response was complete: the client left, or the deadline passed",
+    ["route", "phase", "cause"],
     registry=registry,
 )
 SAVED = Counter(
@@ -51,7 +51,7 @@ def route_of(scope: Scope) -> str:
 
 def count(disconnect: Disconnect) -> None:
     route = route_of(disconnect.scope)
-    ABANDONED.labels(route, disconnect.phase.value).inc()
+    ABANDONED.labels(route, disconnect.phase.value, disconnect.cause.value).inc()
     seconds, requests = completed.get(route, (0.0, 0))
     if requests:
         SAVED.labels(route).inc(max(0.0, seconds / requests - disconnect.elapsed))

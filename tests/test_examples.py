@@ -144,7 +144,8 @@ async def test_prometheus_counts_abandoned_requests_by_route_and_the_work_saved(
         if line and not line.startswith("#")
     }
     route = 'route="/reports/{report_id}"'
-    assert metrics[f'http_requests_abandoned_total{{phase="working",{route}}}'] == 1
+    labels = f'cause="client_left",phase="working",{route}'
+    assert metrics[f"http_requests_abandoned_total{{{labels}}}"] == 1
     # What the completed request took (0.2 s and more), less what the abandoned one had run.
     took, _ = prometheus_metrics.completed["/reports/{report_id}"]
     assert 0 < metrics[f"http_request_work_saved_seconds_total{{{route}}}"] < took - 0.05
