@@ -22,14 +22,11 @@ pytestmark = pytest.mark.servers
 LATENCIES: dict[str, list[float]] = {}
 
 
-@pytest.fixture(scope="module", params=list(COMMANDS))
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, Events]]:
-    directory: Path = tmp_path_factory.mktemp(f"deadline-{request.param}")
+def serve(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Events]]:
+    directory: Path = tmp_path_factory.mktemp(f"deadline-{name}")
     events = Events(directory / "events")
     server = Server(
-        request.param,
+        name,
         "served.raw_app:app",
         {"ASGI_DISCONNECT_EVENTS": str(events.path)},
         directory / "server.log",
@@ -42,6 +39,13 @@ def server(
         assert server.errors() == []
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", params=list(COMMANDS))
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Events]]:
+    yield from serve(request.param, tmp_path_factory)
 
 
 def exchange(port: int, target: str, timeout: float = 15.0) -> tuple[bytes, float, bool]:
@@ -116,21 +120,7 @@ def test_work_after_the_response_outlives_the_deadline(server: tuple[Server, Eve
 def h2_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Events]]:
-    directory: Path = tmp_path_factory.mktemp(f"deadline-{request.param}")
-    events = Events(directory / "events")
-    server = Server(
-        request.param,
-        "served.raw_app:app",
-        {"ASGI_DISCONNECT_EVENTS": str(events.path)},
-        directory / "server.log",
-    )
-    server.start()
-    try:
-        yield server, events
-        time.sleep(0.2)
-        assert server.errors() == []
-    finally:
-        server.stop()
+    yield from serve(request.param, tmp_path_factory)
 
 
 @pytest.mark.parametrize("route", ["stream", "sized"])
