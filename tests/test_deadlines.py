@@ -28,8 +28,9 @@ from asgi_disconnect._types import Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 
-#: Long enough for the request to outlive the middleware's ticks, short for a test.
-BUDGET = 0.05
+#: Long enough for the request to outlive the middleware's ticks, and for an app on a busy
+#: machine to have read its body and begun its work; short for a test.
+BUDGET = 0.2
 
 GATEWAY_TIMEOUT = [
     {
@@ -357,16 +358,16 @@ async def test_a_callable_gives_each_route_its_budget() -> None:
     ("values", "expected"),
     [
         ([b"50"], 0.05),  # the header's budget is shorter than timeout's
-        ([b"50000"], 0.1),  # timeout's is shorter
+        ([b"50000"], 0.5),  # timeout's is shorter
         ([b"80", b"50"], 0.05),  # repeated: the shortest
         ([b"80, 50"], 0.05),  # merged by a proxy
         ([b"-5", b"nonsense", b"50"], 0.05),  # the valid one among invalid ones
-        ([b"-50"], 0.1),
-        ([b"0"], 0.1),
-        ([b"1e2"], 0.1),
-        ([b"nan"], 0.1),
-        ([b"9" * 400], 0.1),
-        ([b"\xff\x00"], 0.1),
+        ([b"-50"], 0.5),
+        ([b"0"], 0.5),
+        ([b"1e2"], 0.5),
+        ([b"nan"], 0.5),
+        ([b"9" * 400], 0.5),
+        ([b"\xff\x00"], 0.5),
     ],
 )
 async def test_the_proxys_timeout_header_only_ever_shortens_the_deadline(
@@ -380,13 +381,13 @@ async def test_the_proxys_timeout_header_only_ever_shortens_the_deadline(
 
     headers = [(b"x-envoy-expected-rq-timeout-ms", value) for value in values]
     middleware = DisconnectMiddleware(
-        app, timeout=0.1, timeout_header="X-Envoy-Expected-Rq-Timeout-Ms"
+        app, timeout=0.5, timeout_header="X-Envoy-Expected-Rq-Timeout-Ms"
     )
     async with communicate(middleware, http_scope(headers=headers)) as c:
         await c.send_body(b"")
         await c.wait()
     [left] = seen
-    assert expected - 0.02 < left <= expected
+    assert expected - 0.04 < left <= expected
 
 
 async def test_the_header_alone_sets_a_deadline() -> None:
@@ -531,13 +532,18 @@ async def test_an_outer_timeout_shorter_than_the_deadline_still_propagates() -> 
 
 
 async def test_a_deadline_shorter_than_a_tick_is_kept() -> None:
+    # Wherever it finds the app (reading its body, or at work), the deadline stops it.
     record, clock = Record(), Clock()
-    middleware = DisconnectMiddleware(worker(record, clock), timeout=0.0005)
+    reports: list[Disconnect] = []
+    middleware = DisconnectMiddleware(
+        worker(record, clock), timeout=0.0005, on_disconnect=reports.append
+    )
     async with communicate(middleware) as c:
         await c.send_body(b"")
         await c.wait()
-    assert record.events == ["cancelled"]
+    assert "finished" not in record.events
     assert c.sent == GATEWAY_TIMEOUT
+    assert [r.cause for r in reports] == [Cause.DEADLINE]
 
 
 @pytest.mark.parametrize(
