@@ -22,6 +22,8 @@ _MILLISECONDS = re.compile(rb"[0-9]{1,15}(?:\.[0-9]{1,9})?")
 # optional "t=" in front: Heroku sends "t=<ms>", nginx "t=${msec}" (seconds.milliseconds),
 # Apache "t=<µs>".
 _EPOCH = re.compile(rb"(?:t=)?([0-9]{1,19}(?:\.[0-9]{1,9})?)")
+# No proxy sends a value this long: a longer one is ignored unread, at no cost.
+_LONGEST = 256
 # A start this far from now is a misreading (a unit the proxy does not use, a broken clock),
 # not a queue: it is ignored.
 _IMPLAUSIBLE = 86400.0
@@ -64,6 +66,8 @@ def header_timeout(values: Iterable[bytes]) -> float | None:
     """The shortest valid budget, in seconds, among a header's millisecond values."""
     shortest = math.inf
     for value in values:
+        if len(value) > _LONGEST:
+            continue
         # Repeated headers may come as one, joined by commas.
         for part in value.split(b","):
             part = part.strip()
@@ -84,6 +88,8 @@ def queued_for(values: Iterable[bytes], clock_skew: float) -> float:
     now = time.time()
     earliest = math.inf
     for value in values:
+        if len(value) > _LONGEST:
+            continue
         for part in value.split(b","):
             match = _EPOCH.fullmatch(part.strip())
             if match is None:
