@@ -25,12 +25,29 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-# The one private piece of anyio used here: its asyncio cancel scope, whose delivery round
-# CancelOnce extends (see its docstring). anyio's public CancelScope() builds this class.
-from anyio._backends._asyncio import CancelScope
+# The private pieces of anyio used here: its asyncio cancel scope, whose delivery round
+# CancelOnce extends (see its docstring), the table of each task's innermost scope, to see
+# where the task stands, and how anyio tells its own CancelledError. anyio's public
+# CancelScope() builds this class.
+from anyio._backends._asyncio import CancelScope, _task_states, is_anyio_cancellation
 
 from ._exchange import TICK, Exchange, Ticker
 from ._types import AppScope, WrappedApp
+
+
+def _cancellation_pending(task: Task[Any]) -> bool:
+    """Whether a ``CancelledError`` is on its way to ``task``: asked for and not yet thrown
+    in. A task that awaits another task, or gather(), passes the request down to what it
+    awaits."""
+    waiter: Any = task
+    while isinstance(waiter, Task):
+        if waiter._must_cancel:  # type: ignore[attr-defined]
+            return True
+        waiter = waiter._fut_waiter  # type: ignore[attr-defined]
+    if waiter is None:
+        return False
+    return bool(waiter.cancelled() or getattr(waiter, "_cancel_requested", False))
+
 
 if sys.version_info >= (3, 11):
 
@@ -40,16 +57,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover (coverage is measured on 3.11+)
 
     def _cancel_requests(task: Task[Any]) -> int:
-        # Python 3.10 counts no requests: a cancellation is pending or it is not. A task that
-        # awaits another task, or gather(), passes the request down to what it awaits.
-        waiter: Any = task
-        while isinstance(waiter, Task):
-            if waiter._must_cancel:  # type: ignore[attr-defined]
-                return 1
-            waiter = waiter._fut_waiter  # type: ignore[attr-defined]
-        if waiter is None:
-            return 0
-        return int(waiter.cancelled() or getattr(waiter, "_cancel_requested", False))
+        # Python 3.10 counts no requests: a cancellation is pending or it is not.
+        return int(_cancellation_pending(task))
 
 
 #: What the middleware's ``CancelledError`` says. Not anyio's "Cancelled via cancel scope ...":
@@ -104,11 +113,65 @@ class CancelOnce(CancelScope):
             return super()._deliver_cancellation(origin)
         if self._delivered:  # pragma: no cover (anyio asks only a scope still cancelled)
             return False
+        if self._delivered_by_the_apps_scope(host):
+            self._done_delivering()
+            return False
         self._cancel_reason = REASON
+        if self._folds_into_a_pending_cancellation(host):
+            # asyncio folds a second request into a CancelledError on its way, as it does two
+            # cancel() calls: the host gets one, which counts for both (anyio skips a task
+            # whose cancellation is pending, and would deliver again at the clean-up's await).
+            if self._pending_uncancellations is not None:  # pragma: no branch (3.10: None)
+                # Counted, and taken back on leaving, as anyio's own (Python 3.10 counts
+                # none, and would take the error on its way for this scope's by its message).
+                host.cancel(REASON)
+                self._pending_uncancellations += 1
+            self._done_delivering()
+            return False
         before = _cancel_requests(host)
         retry = super()._deliver_cancellation(origin)
         if _cancel_requests(host) == before:
             return retry
+        self._done_delivering()
+        return False
+
+    def _delivered_by_the_apps_scope(self, host: Task[Any]) -> bool:
+        """Whether a scope of the app's, cancelled too, delivered this scope's cancellation.
+
+        anyio skips a scope that is cancelled itself: that scope delivers its own
+        ``CancelledError`` to the task inside it, and does not absorb it on leaving, since
+        this scope is cancelled around it. That error is this scope's delivery. Once it has
+        left the app's scope, anyio hands the request it made (to be taken back when the
+        error is absorbed) to the scope around it: a request handed on, and the task no
+        longer inside a cancelled or shielded scope, tell that it is on its way out.
+        Python 3.10 counts no requests (see the README).
+        """
+        state = _task_states.get(host)
+        scope = None if state is None else state.cancel_scope
+        handed_on = 0
+        while scope is not self:
+            if scope is None or scope._cancel_called or scope._shield:
+                return False  # inside a scope that delivers its own, or holds
+            handed_on += scope._pending_uncancellations or 0
+            scope = scope._parent_scope
+        return handed_on + (self._pending_uncancellations or 0) > 0
+
+    def _folds_into_a_pending_cancellation(self, host: Task[Any]) -> bool:
+        """Whether a cancellation that is not this scope's, nor an anyio scope's of the app's,
+        is on its way to the host: a ``Task.cancel()`` from the server, or an
+        ``asyncio.timeout()`` of the app's, in this loop iteration. A scope of the app's that
+        is cancelled delivers its own (see ``_delivered_by_the_apps_scope``)."""
+        if not _cancellation_pending(host):
+            return False
+        state = _task_states.get(host)
+        scope = None if state is None else state.cancel_scope
+        while scope is not self:
+            if scope is None or scope._cancel_called:
+                return False
+            scope = scope._parent_scope
+        return True
+
+    def _done_delivering(self) -> None:
         self._delivered = True
         self._cancel_called = False
         self._deadline = math.inf  # a grace period's, now over
@@ -119,7 +182,6 @@ class CancelOnce(CancelScope):
         # A scope around this one, cancelled meanwhile, skipped this one while it was
         # cancelled: it delivers again from here.
         self._restart_cancellation_in_parent()
-        return False
 
     def __exit__(
         self,
@@ -131,13 +193,21 @@ class CancelOnce(CancelScope):
             return super().__exit__(exc_type, exc_val, exc_tb)
         host = self._host_task
         at_enter = self._cancelling_at_enter
+        outside = self._parent_cancellation_is_visible_to_us
         # Cancelled again for anyio's bookkeeping: it takes back the request it delivered.
         self._cancel_called = True
         try:
             if super().__exit__(exc_type, exc_val, exc_tb):
-                return True  # pragma: no cover (anyio absorbs only its own messages)
+                return True  # the CancelledError of a scope of the app's, delivered for this one
             if not isinstance(exc_val, CancelledError):
                 return False
+            if outside:
+                # An anyio scope around this one was cancelled meanwhile: the CancelledError is
+                # its now, and must say so in the form anyio takes for its own, or that scope
+                # lets it through (a fail_after() would not raise TimeoutError).
+                if is_anyio_cancellation(exc_val):
+                    return False
+                raise CancelledError(f"Cancelled via cancel scope {id(self):x}; reason: {REASON}")
             if sys.version_info >= (3, 11):
                 # Nothing but this scope asked for a cancellation: the app's CancelledError,
                 # even one it raised anew, is the answer to this scope's.
@@ -163,6 +233,7 @@ def _delivered_here(exc: BaseException | None) -> bool:  # pragma: no cover (Pyt
 
 class AsyncioExchange(Exchange):
     _watcher: Task[None] | None = None
+    _timer: asyncio.TimerHandle | None = None
     _cancel_scope: CancelOnce
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
@@ -183,13 +254,23 @@ class AsyncioExchange(Exchange):
         finally:
             if budget is not None:
                 cancel_scope.on_deadline = None  # no cycle through the exchange
+            if cancel_scope._delivered or cancel_scope.cancel_called:
+                # Cancelled by the middleware, maybe before the timer that stops the request
+                # had its turn: stopped all the same.
+                self._stop()
             self._end()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             watcher = self._watcher
             if watcher is not None:
                 watcher.cancel()
                 # asyncio.wait() leaves the watcher's own CancelledError in the watcher, and
-                # lets one aimed at us through.
-                await asyncio.wait((watcher,))
+                # lets the server's Task.cancel() through. An anyio scope around the
+                # middleware waits, as trio's do: cancelled here, after the app returned, it
+                # would take the place of the app's response or of what the app raised.
+                with CancelScope(shield=True):
+                    await asyncio.wait((watcher,))
                 # A cancelled task keeps its CancelledError, whose traceback holds the
                 # watcher's frame and so this exchange: a cycle only the garbage collector
                 # would break, keeping the request's state alive until it runs.
@@ -201,6 +282,10 @@ class AsyncioExchange(Exchange):
 
     def _has_watcher(self) -> bool:
         return self._watcher is not None
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
+        self._timer = loop.call_later(delay, callback, context=self._context)
 
     def _cancel_app(self, delay: float) -> None:
         cancel_scope = self._cancel_scope

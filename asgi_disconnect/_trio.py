@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -24,6 +25,7 @@ def current_token() -> object:
 class TrioExchange(Exchange):
     _watch_scope: trio.CancelScope | None = None
     _tell_scope: trio.CancelScope | None = None
+    _timer_scope: trio.CancelScope | None = None
     _cancel_scope: trio.CancelScope
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
@@ -40,9 +42,15 @@ class TrioExchange(Exchange):
             try:
                 await app(scope, self.receive, self.send)
             finally:
+                if self._cancel_scope.cancel_called:
+                    # Cancelled by the middleware, maybe before the timer that stops the
+                    # request had its turn: stopped all the same.
+                    self._stop()
                 self._end()  # which notes a deadline that trio's own cancellation met
                 if self._tell_scope is not None:
                     self._tell_scope.cancel()
+                if self._timer_scope is not None:
+                    self._timer_scope.cancel()
                 if self._watch_scope is not None:
                     self._watch_scope.cancel()
                     with trio.CancelScope(shield=True):
@@ -76,19 +84,37 @@ class TrioExchange(Exchange):
         else:
             self._cancel_scope.cancel()
 
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self._timer_scope = trio.CancelScope(deadline=trio.current_time() + delay)
+        trio.lowlevel.spawn_system_task(
+            self._call_when_due,
+            self._timer_scope,
+            callback,
+            name="asgi_disconnect timer",
+            # A copy: it is spawned from the deadline's task, which runs in the request's own.
+            context=self._context.copy(),
+        )
+
+    async def _call_when_due(self, scope: trio.CancelScope, callback: Callable[[], None]) -> None:
+        with scope:
+            await trio.sleep_forever()
+        callback()  # which does nothing once the request is over
+
     def _arm_deadline(self) -> None:
-        # With a grace period the app is told when its deadline passes, and cancelled when the
-        # grace period is over, by its scope's deadline.
-        if self._grace_period and self._tell_scope is None:
-            self._tell_scope = trio.CancelScope(
-                deadline=self._cancel_scope.deadline - self._grace_period
-            )
-            trio.lowlevel.spawn_system_task(
-                self._tell_when_due,
-                self._tell_scope,
-                name="asgi_disconnect deadline",
-                context=self._context,
-            )
+        # The app is told when its deadline passes, and cancelled when the grace period is
+        # over, by its scope's deadline. Without a grace period trio cancels it then, and the
+        # request is stopped at the same moment: what its threads run must be stopped too
+        # (to_thread.run_sync waits for its thread in a shield). Armed once: the ticker
+        # calls outlived_tick() once per request.
+        self._tell_scope = trio.CancelScope(
+            deadline=self._cancel_scope.deadline - self._grace_period
+        )
+        trio.lowlevel.spawn_system_task(
+            self._tell_when_due,
+            self._tell_scope,
+            name="asgi_disconnect deadline",
+            context=self._context,
+        )
 
     async def _tell_when_due(self, scope: trio.CancelScope) -> None:
         with scope:
@@ -103,7 +129,10 @@ class TrioExchange(Exchange):
             self._tell_scope.cancel()
 
     async def _take_cancellation(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # Only the middleware's own: in a scope of the app's that is cancelled (Starlette's
+        # is_disconnected() asks from one), a message ready now is handed over, as servers do.
+        if self._cancel_scope.cancel_called:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
 
 class TrioTicker(Ticker):

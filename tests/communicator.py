@@ -3,13 +3,15 @@
 ``send_input`` queues what the server's ``receive()`` returns, ``receive_output`` and
 ``receive_nothing`` read what the app sent. Servers differ after a disconnect: ``sticky``
 repeats it on every later ``receive()`` (uvicorn, granian), otherwise it is delivered once
-and ``receive()`` then blocks (hypercorn, daphne).
+and ``receive()`` then blocks (hypercorn, daphne). The app runs as servers run it, in a task
+of its own that, on asyncio, holds no anyio state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,8 +49,16 @@ class Communicator:
         *,
         sticky: bool = True,
         send_raises: bool = False,
+        receive: Callable[[], Awaitable[Any]] | None = None,
+        send: Callable[[Message], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
+        # A server's own receive or send, in place before the app starts (under the eager
+        # task factory it starts before communicate() yields, with what it was handed).
+        if receive is not None:
+            self.receive = receive  # type: ignore[method-assign,assignment]
+        if send is not None:
+            self.send = send  # type: ignore[method-assign,assignment]
         self.scope = http_scope() if scope is None else scope
         self.sticky = sticky
         self.send_raises = send_raises
@@ -140,10 +150,31 @@ async def communicate(
 ) -> AsyncIterator[Communicator]:
     communicator = Communicator(app, scope, **kw)
     try:
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(communicator._run)
+        async with serving(communicator._run):
             yield communicator
             with anyio.fail_after(TIMEOUT):
                 await communicator.done.wait()
     finally:
         communicator.close()
+
+
+@asynccontextmanager
+async def serving(run: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    """Run ``run`` as servers run a request: in a task of its own, which on asyncio is a plain
+    asyncio task that holds no anyio state (anyio's task groups give theirs some)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio, whose tasks are all trio's own
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(run)
+            yield
+        return
+    task = loop.create_task(run())
+    try:
+        yield
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.wait((task,))
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]

@@ -4,12 +4,22 @@ import statistics
 import sys
 
 import pytest
+import watching
 from backends import ALL
+
+WATCHING_AT_ONCE = watching.from_environment()
+
+# The peers' plugins and launcher (run by test_peer_suites.py inside the peers' own runs).
+collect_ignore = ["peers"]
 
 
 @pytest.fixture(params=ALL)
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     return request.param
+
+
+def pytest_report_header() -> list[str]:
+    return ["watchers: started at once"] if WATCHING_AT_ONCE else []
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -20,6 +30,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     figures = [
         ("servers", "client's close to the handler's cancellation (ms)"),
         ("test_deadline_servers", "a request's deadline to its client having the 504 (ms)"),
+        ("test_django_statements", "client's close to its statement gone from PostgreSQL (ms)"),
     ]
     for module, title in figures:
         latencies: dict[str, list[float]] = getattr(sys.modules.get(module), "LATENCIES", {})

@@ -112,3 +112,63 @@ async def test_trailers_sent_in_parts_complete_the_response_with_the_last() -> N
         await c.disconnect()
         await c.wait()
     assert record.events == ["cancelled"]
+
+
+@pytest.mark.parametrize("client_left", [False, True], ids=["client-stays", "client-left"])
+@pytest.mark.parametrize("watching", [False, True], ids=["ended-within-a-tick", "watcher-started"])
+async def test_is_disconnected_after_the_response_sees_the_disconnect_at_once(
+    watching: bool, client_left: bool
+) -> None:
+    # Starlette's Request.is_disconnected() takes only a message that is ready at once: it
+    # calls receive() in a scope already cancelled. Once the response is complete the spec's
+    # answer, http.disconnect, is ready, as servers have it (uvicorn, Starlette's TestClient),
+    # whether or not the watcher waits in the server's receive(), and whether or not it has
+    # heard the client leave.
+    from starlette.requests import Request
+
+    answers: list[bool] = []
+    left = anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        await request.body()
+        if watching:
+            await anyio.sleep(0.01)  # outlives the tick: the watcher waits in receive()
+        assert not await request.is_disconnected()
+        await send(START)
+        await send(FINAL_BODY[0])
+        if client_left:
+            await left.wait()
+            await anyio.sleep(0.01)  # the watcher has heard it
+        for _ in range(3):
+            answers.append(await Request(scope, receive).is_disconnected())
+
+    async with communicate(DisconnectMiddleware(app), sticky=False) as c:
+        await c.send_body(b"")
+        await c.receive_output()
+        await c.receive_output()
+        if client_left:
+            await c.disconnect()
+            left.set()
+        await c.wait()
+    assert c.error is None
+    assert answers == [True, True, True]
+
+
+async def test_receive_after_the_response_still_hands_over_unread_body_first() -> None:
+    # An app that answers before reading its whole body may read it afterwards.
+    received: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(START)
+        await send(FINAL_BODY[0])
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] == "http.disconnect":
+                return
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"one", b"two")
+        await c.wait()
+    assert [message.get("body") for message in received] == [b"one", b"two", None]

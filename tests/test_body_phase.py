@@ -176,8 +176,7 @@ async def test_an_app_listening_right_after_its_body_starts_the_watcher_itself()
         await receive()
         heard.append((await receive())["type"])
 
-    async with communicate(DisconnectMiddleware(app)) as c:
-        c.receive = server_receive  # type: ignore[method-assign]
+    async with communicate(DisconnectMiddleware(app), receive=server_receive) as c:
         await anyio.sleep(0.02)
         gone.set()
         await c.wait()

@@ -313,8 +313,7 @@ async def test_a_send_that_fails_after_the_disconnect_was_heard_is_no_second_dis
         raise error
 
     middleware = DisconnectMiddleware(app, on_disconnect=reports.append, grace_period=0.3)
-    async with communicate(middleware) as c:
-        c.send = server_send  # type: ignore[method-assign]
+    async with communicate(middleware, send=server_send) as c:
         await c.send_body(b"")
         await in_send.wait()
         await c.disconnect()

@@ -186,3 +186,161 @@ async def test_an_outside_cancellation_propagates(
             await outside.done.wait()
     assert outside.record.events == ["cleaning"]
     assert outside.outcome == ("cancelled" if kind == "server" else "timed out")
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "wrapped"])
+async def test_a_scope_around_cancelled_while_the_app_is_shielded_keeps_its_response(
+    anyio_backend: object, wrapped: bool
+) -> None:
+    # FastAPI: a sync dependency's teardown runs in a thread, in a shield, while a scope
+    # around the app is cancelled; the app then answers and returns without another await.
+    # Bare, the call returns with the response sent: so it does wrapped, its watcher started.
+    sent: list[Message] = []
+    working = anyio.Event()
+    proceed = anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        with anyio.CancelScope(shield=True):
+            working.set()
+            await proceed.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> Message:
+        if not sent and not working.is_set():
+            return {"type": "http.request", "body": b""}
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")  # pragma: no cover
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    served = DisconnectMiddleware(app) if wrapped else app
+    outcome = "cancelled"
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            nonlocal outcome
+            with anyio.CancelScope() as around:
+                tg.start_soon(cancel_when_working, around)
+                await served(http_scope(), receive, send)
+                outcome = "returned"
+
+        async def cancel_when_working(around: anyio.CancelScope) -> None:
+            await working.wait()
+            await anyio.sleep(0.01)  # outlives the tick: the watcher waits in receive()
+            around.cancel()
+            await anyio.sleep(0.01)
+            proceed.set()
+
+        tg.start_soon(call)
+    assert outcome == "returned"
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "wrapped"])
+async def test_what_the_apps_clean_up_raises_reaches_a_scope_around_cancelled(
+    anyio_backend: object, wrapped: bool
+) -> None:
+    # The app handles the cancellation of a scope around it and raises its own error from
+    # its clean-up: bare, that error reaches the caller; so it does wrapped.
+    working = anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            working.set()
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            raise RuntimeError("clean-up failed") from None
+
+    async def receive() -> Message:
+        if not working.is_set():
+            return {"type": "http.request", "body": b""}
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")  # pragma: no cover
+
+    async def send(message: Message) -> None:
+        raise AssertionError("not called")  # pragma: no cover
+
+    served = DisconnectMiddleware(app) if wrapped else app
+    raised: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            with anyio.CancelScope() as around:
+                tg.start_soon(cancel_when_working, around)
+                try:
+                    await served(http_scope(), receive, send)
+                except Exception as exc:
+                    raised.append(exc)
+
+        async def cancel_when_working(around: anyio.CancelScope) -> None:
+            await working.wait()
+            await anyio.sleep(0.01)  # outlives the tick: the watcher waits in receive()
+            around.cancel()
+
+        tg.start_soon(call)
+    assert [str(exc) for exc in raised] == ["clean-up failed"]
+
+
+@pytest.mark.parametrize("reporter", ["sync", "async"])
+async def test_what_the_apps_clean_up_raises_outlives_an_async_on_disconnect(
+    anyio_backend: object, reporter: str
+) -> None:
+    # The client leaves, and a scope around the middleware is cancelled while the app's
+    # shielded clean-up runs, which then raises its own error. The report that follows awaits
+    # an async on_disconnect, where the scope's cancellation lands: the app's error goes on.
+    working, cleaning, proceed = anyio.Event(), anyio.Event(), anyio.Event()
+    leave = anyio.Event()
+    reports: list[object] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            working.set()
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                cleaning.set()
+                await proceed.wait()
+            raise RuntimeError("clean-up failed") from None
+
+    async def receive() -> Message:
+        if not working.is_set():
+            return {"type": "http.request", "body": b""}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def report_async(disconnect: object) -> None:
+        await anyio.sleep(0.001)  # an async metrics client, say
+        reports.append(disconnect)  # pragma: no cover (the scope around is cancelled)
+
+    on_disconnect = report_async if reporter == "async" else reports.append
+    middleware = DisconnectMiddleware(app, on_disconnect=on_disconnect)
+    raised: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            with anyio.CancelScope() as around:
+                tg.start_soon(cancel_while_cleaning, around)
+                try:
+                    await middleware(http_scope(), receive, send)
+                except Exception as exc:
+                    raised.append(exc)
+
+        async def cancel_while_cleaning(around: anyio.CancelScope) -> None:
+            await working.wait()
+            await anyio.sleep(0.01)  # outlives the tick: the watcher waits in receive()
+            leave.set()
+            await cleaning.wait()
+            around.cancel()
+            proceed.set()
+
+        tg.start_soon(call)
+    assert [str(exc) for exc in raised] == ["clean-up failed"]
+    assert len(reports) == (1 if reporter == "sync" else 0)
