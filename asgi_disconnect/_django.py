@@ -41,6 +41,9 @@ def attach(app: WrappedApp) -> WrappedApp:
     from django.core.handlers.asgi import ASGIHandler
     from django.core.signals import request_finished, request_started
 
+    from ._django_db import hook
+
+    hook()
     if django.VERSION >= (5, 0):
         request_started.connect(_started_listening, weak=False, dispatch_uid=_started_listening)
         return app

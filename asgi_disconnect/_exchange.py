@@ -18,7 +18,7 @@ import contextvars
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import CodeType, FrameType
@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 
 from ._servers import end_cut_response
+from ._stop import Stop
 from ._types import AppScope, Message, Receive, Scope, Send, WrappedApp
 
 # A server that floods the channel with empty or unknown messages must not grow the buffer
@@ -111,11 +112,21 @@ class Cause(str, Enum):
     DEADLINE = "deadline"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Disconnect:
     """A request that was stopped before its response was complete.
 
-    Passed to ``on_disconnect`` once the app has stopped.
+    Passed to ``on_disconnect`` once the app has stopped. Its ``repr()`` names the request
+    by method and path only: the scope holds headers (cookies, ``Authorization``) and the
+    query string, which have no place in a log line.
+
+    :ivar scope: the scope the app saw, with what routing added to it (Starlette's
+        ``route`` and ``path_params``); for :attr:`Phase.QUEUED`, the server's scope.
+    :ivar phase: how far the request had got: :attr:`Phase.QUEUED`, :attr:`Phase.BODY`,
+        :attr:`Phase.WORKING` or :attr:`Phase.STREAMING`.
+    :ivar elapsed: seconds from when the middleware received the request to the client
+        leaving or the deadline passing (0 for :attr:`Phase.QUEUED`).
+    :ivar cause: :attr:`Cause.CLIENT_LEFT` or :attr:`Cause.DEADLINE`.
     """
 
     #: The scope the app saw, with what routing added to it (``route``, ``path_params``).
@@ -126,6 +137,13 @@ class Disconnect:
     elapsed: float
     #: Whether the client left or the deadline passed.
     cause: Cause = Cause.CLIENT_LEFT
+
+    def __repr__(self) -> str:
+        scope = self.scope
+        return (
+            f"Disconnect(method={scope.get('method')!r}, path={scope.get('path')!r}, "
+            f"phase={self.phase!r}, elapsed={self.elapsed!r}, cause={self.cause!r})"
+        )
 
 
 class Exchange:
@@ -169,8 +187,11 @@ class Exchange:
         grace_period: float,
         ticker: Ticker,
         budget: float | None = None,
+        stopper: Stop | None = None,
     ) -> None:
         self.scope = scope
+        #: What runs when the request is stopped (see _stop.py).
+        self.stopper = Stop() if stopper is None else stopper
         self._receive = receive
         self._send = send
         self._read_ahead = read_ahead
@@ -201,6 +222,10 @@ class Exchange:
 
     def _arm_deadline(self) -> None:
         """Have :meth:`_deadline_passed` called when the deadline passes."""
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called in ``delay`` seconds, unless the request is over first."""
+        raise NotImplementedError
 
     def _lift_deadline(self) -> None:
         """The response is complete: the deadline no longer applies."""
@@ -237,6 +262,7 @@ class Exchange:
             self.disconnected = True
             self._note_phase()
         self._ended = True
+        self.stopper.finish()
         # Nothing may wait for a request that is over: receive() and wait_disconnected()
         # from work the app left behind return now.
         if self._gone is not None:
@@ -262,8 +288,10 @@ class Exchange:
             if self.failure is not None:
                 self.failure_seen = True
                 raise self.failure
-            if self._ended:
-                # As servers answer once the response is over.
+            if self._ended or (self._response == _COMPLETE and self._body_complete):
+                # As the spec says, and servers answer, once the response is over: at once,
+                # for code that takes only a message ready now (Starlette's
+                # is_disconnected()), whether or not the watcher waits in the server's.
                 return {"type": _DISCONNECT}
             # The app waits. After its body, or in a body reader that handles the disconnect,
             # it listens for it itself. Counted before the watcher is spawned: under an eager
@@ -340,8 +368,13 @@ class Exchange:
                 self._response = _COMPLETE
         elif kind == "http.response.pathsend":
             self._response = _COMPLETE
-        if self._response == _COMPLETE and self.deadline is not None and not self.disconnected:
-            self._lift_deadline()
+        if self._response == _COMPLETE:
+            if self.disconnected:
+                # Told, not yet stopped (a grace period): it answered after all, and what
+                # runs from now on is work after the response.
+                self.stopper.finish()
+            elif self.deadline is not None:
+                self._lift_deadline()
         # The response counts as complete before the final send returns: a server may report
         # the disconnect that follows a complete response while that send is still flushing.
         try:
@@ -460,6 +493,11 @@ class Exchange:
                 "message (a mapping with a 'type' key)"
             ) from None
         if kind == "http.request":
+            body = message.get("body", b"")
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"the server's receive() returned {message!r}, whose body is not bytes"
+                )
             if not message.get("more_body", False):
                 self._body_complete = True
         elif kind == _DISCONNECT:
@@ -490,8 +528,28 @@ class Exchange:
         if self.stops_itself or (self._listening and not self._grace_period):
             if self.deadline is not None:
                 self._lift_deadline()  # nor may a deadline cancel it now
+            # What its threads run is stopped all the same, after the grace period: Django
+            # cancels its view's coroutine, and the statement the view's thread runs goes on.
+            self._stop_after(self._grace_period)
             return
         self._cancel_app(self._grace_period)
+        delay = self._grace_period
+        if delay and self.deadline is not None and self.cause is Cause.CLIENT_LEFT:
+            # A deadline still to come cuts the grace period short, as it does the app's.
+            delay = min(delay, max(0.0, self.deadline - time.monotonic()))
+        self._stop_after(delay)
+
+    def _stop_after(self, delay: float) -> None:
+        if delay:
+            self._call_later(delay, self._stop)
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
+        # Not once the response is complete: the app answered in its grace period, and what
+        # runs now is work after the response.
+        if self._response != _COMPLETE and not self._ended:
+            self.stopper.stop()
 
     def _note_phase(self) -> None:
         if not self._body_complete:
@@ -568,12 +626,7 @@ def plain_response(status: int, body: bytes) -> tuple[Message, bytes]:
 
 
 def _body_size(message: Message) -> int:
-    try:
-        return len(message.get("body", b""))
-    except TypeError:
-        raise TypeError(
-            f"the server's receive() returned {message!r}, whose body is not bytes"
-        ) from None
+    return len(message.get("body", b""))  # bytes: _observe() saw to it
 
 
 def _spec_version(scope: Scope) -> tuple[int, ...]:

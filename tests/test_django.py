@@ -10,9 +10,7 @@ import asyncio
 import gc
 import glob
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import running_postgres
 from served._common import recorded
-from servers import Events, Server, free_port, http_request, new_id
+from servers import Events, Server, http_request, new_id
 
 from asgi_disconnect import DisconnectMiddleware
 
@@ -276,55 +275,10 @@ def test_sqlite_connections_are_closed_after_100_abandoned_requests(
     assert server.errors() == [], server.output()
 
 
-def find_postgres() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture
 def postgres() -> Iterator[int]:
-    bin_dir = find_postgres()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it from Debian's packages)")
-    # Not under pytest's own temporary directory, which only root may enter.
-    data = Path(tempfile.mkdtemp(prefix="asgi-disconnect-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-        if runuser is None:
-            pytest.skip("running as root without runuser: PostgreSQL cannot be started")
-        shutil.chown(data, "postgres", "postgres")
-        as_postgres = [runuser, "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-k", str(data),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        import psycopg
-
-        def ready() -> bool:
-            try:
-                psycopg.connect(host="127.0.0.1", port=port, user="postgres").close()
-                return True
-            except psycopg.OperationalError:
-                return False
-
-        assert wait_for(ready, 30), "PostgreSQL did not start"
+    with running_postgres() as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(30)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.mark.servers

@@ -1,4 +1,5 @@
-"""``test_django.py`` again, under Django 4.2 and the newest Django, each in its own venv.
+"""``test_django.py`` and ``test_django_statements.py`` again, under Django 4.2 and the newest
+Django, each in its own venv.
 
 The venvs are made once, in ``.venvs/`` at the top of the repository, and reused.
 """
@@ -47,7 +48,8 @@ def venv_for(version: str, python: str) -> Path:
         subprocess.run(
             [
                 *pip, f"django~={version}.0", "pytest>=8", "anyio>=4.16", "uvicorn>=0.30",
-                "httptools>=0.6", "psycopg[binary]>=3.1", "channels>=4.1", "coverage[toml]>=7.5",
+                "httptools>=0.6", "psycopg[binary,pool]>=3.1", "channels>=4.1",
+                "coverage[toml]>=7.5",
             ],
             check=True,
         )  # fmt: skip
@@ -67,7 +69,16 @@ def test_the_django_suite_passes_under(version: str, at_least: tuple[int, int]) 
         # Measured too: what the middleware does for Django < 5 runs only under it.
         command += ["coverage", "run", f"--rcfile={ROOT / 'pyproject.toml'}", "-m"]
     result = subprocess.run(
-        [*command, "pytest", "-p", "no:cacheprovider", "-q", "-rs", "tests/test_django.py"],
+        [
+            *command,
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rs",
+            "tests/test_django.py",
+            "tests/test_django_statements.py",
+        ],
         cwd=ROOT,
         env={**os.environ, "ASGI_DISCONNECT_DJANGO": version},
         capture_output=True,

@@ -1,5 +1,6 @@
 """The project's ``asgi.py``: the bare Django app at ``/bare``, for comparison.
 
+``/timeout`` gives each request a second, ``/keep`` leaves database statements running.
 ``/channels`` and ``/passthrough`` put something between the middleware and Django's handler:
 Channels' router, and a plain wrapper, as Sentry's and OpenTelemetry's are.
 """
@@ -45,5 +46,7 @@ application = dispatch(
         "/passthrough": DisconnectMiddleware(Passthrough(django_app)),
         "/bare": django_app,
         "/grace": DisconnectMiddleware(django_app, grace_period=GRACE),
+        "/timeout": DisconnectMiddleware(django_app, timeout=1.0),
+        "/keep": DisconnectMiddleware(django_app, cancel_statements=False),
     }
 )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 SECRET_KEY = "tests-only"
 DEBUG = False
@@ -9,9 +10,12 @@ ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "served.djsite.urls"
 INSTALLED_APPS: list[str] = []
 MIDDLEWARE: list[str] = []
+if os.environ.get("SERVED_SYNC_MIDDLEWARE"):
+    MIDDLEWARE = ["served.djsite.views.SyncOnly"]
 USE_TZ = True
 LOGGING_CONFIG = None
 
+DATABASES: dict[str, dict[str, Any]]
 if os.environ.get("SERVED_POSTGRES_PORT"):
     DATABASES = {
         "default": {
@@ -24,6 +28,13 @@ if os.environ.get("SERVED_POSTGRES_PORT"):
             "OPTIONS": {"application_name": "djsite"},
         }
     }
+    if os.environ.get("SERVED_POSTGRES_POOL"):
+        # Django >= 5.1 with psycopg_pool: a connection goes from request to request.
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": int(os.environ["SERVED_POSTGRES_POOL"]),
+            "timeout": 30,
+        }
 else:
     DATABASES = {
         "default": {

@@ -18,4 +18,7 @@ urlpatterns = [
     path("grace", views.grace),
     path("held", views.held),
     path("download", views.download),
+    path("statement-sync", views.statement_sync),
+    path("statement-async", views.statement_async),
+    path("statement-after", views.statement_after),
 ]

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
 
 import anyio
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 
 from asgi_disconnect import is_disconnected, wait_disconnected
@@ -130,3 +131,81 @@ async def grace(request: HttpRequest) -> HttpResponse:
         record(rid, "cancelled")
         raise
     return HttpResponse("done")
+
+
+def long_statement(rid: str, seconds: float) -> str:
+    """A statement that runs ``seconds`` on the server, which names its request."""
+    if connection.vendor == "postgresql":
+        return f"SELECT pg_sleep({seconds:f}) /* id={rid} */"
+    rows = int(seconds * 4_000_000)  # SQLite counts about that many a second
+    return (
+        f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) "
+        f"SELECT count(*) /* id={rid} */ FROM c"
+    )
+
+
+def statements(rid: str, seconds: float, count: int = 1) -> None:
+    """Mark the request in a transaction, then run ``count`` long statements in it."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS marks (rid varchar(100))")
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("INSERT INTO marks VALUES (%s)", [rid])
+            record(rid, "started")
+            for _ in range(count):
+                cursor.execute(long_statement(rid, seconds))
+    except DatabaseError:
+        record(rid, "statement-failed")
+        # Rolled back: the connection is usable again.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM marks WHERE rid = %s", [rid])
+            record(rid, f"marks-after-rollback:{cursor.fetchone()[0]}")
+        raise
+    record(rid, "finished")
+
+
+def statement_sync(request: HttpRequest) -> HttpResponse:
+    seconds = float(request.GET.get("seconds", "10"))
+    count = int(request.GET.get("count", "1"))
+    statements(rid_of(request), seconds, count)
+    return HttpResponse("done")
+
+
+async def statement_async(request: HttpRequest) -> HttpResponse:
+    seconds = float(request.GET.get("seconds", "10"))
+    await sync_to_async(statements)(rid_of(request), seconds)
+    return HttpResponse("done")
+
+
+#: Work that /statement-after leaves running once it has answered.
+BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def statement_after(request: HttpRequest) -> HttpResponse:
+    rid = rid_of(request)
+    seconds = float(request.GET.get("seconds", "1"))
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)  # the response is complete, and the client may have left
+        await sync_to_async(statements, thread_sensitive=False)(rid, seconds)
+
+    task = asyncio.create_task(later())
+    BACKGROUND.add(task)
+    task.add_done_callback(BACKGROUND.discard)
+    return HttpResponse("answered")
+
+
+class SyncOnly:
+    """A middleware that is sync only: Django runs it and the view in one thread, where it
+    turns the view's exceptions into 500 responses (and logs them) itself."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        record(rid_of(request), f"status:{response.status_code}")
+        return response
