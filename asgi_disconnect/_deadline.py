@@ -30,24 +30,30 @@ _IMPLAUSIBLE = 86400.0
 
 
 def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
-    """``value`` as seconds, or a ValueError that names ``name`` and what was wrong."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        kind = ">= 0" if zero else "> 0"
+    """``value`` as seconds, or an error that names ``name`` and what was wrong.
+
+    :raises TypeError: when ``value`` is not a number (a bool is not one).
+    :raises ValueError: when it is not finite, or not above zero (at least zero with ``zero``).
+    """
+    kind = ">= 0" if zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds {kind}, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise ValueError(f"{name} must be a finite number of seconds {kind}, not {value!r}")
     return float(value)
 
 
 def header_name(name: str, value: object) -> bytes | None:
-    """A header option as ASGI spells header names (lower case), checked."""
+    """A header option as ASGI spells header names (lower case), checked.
+
+    :raises TypeError: when ``value`` is neither None nor a str.
+    :raises ValueError: when it is not an HTTP header name.
+    """
     if value is None:
         return None
-    if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be an HTTP header name (a str), not {value!r}")
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         raise ValueError(f"{name} must be an HTTP header name, not {value!r}")
     return value.lower().encode("ascii")
 

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import sys
 from asyncio import AbstractEventLoop, get_running_loop
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
 from typing import Any, cast
+
+from anyio import get_cancelled_exc_class
 
 from ._asyncio import AsyncioTicker
 from ._deadline import Timeout, check_seconds, header_name, header_timeout, queued_for, timeout_for
@@ -21,6 +23,9 @@ from ._exchange import (
     note_listening_readers,
     plain_response,
 )
+from ._sqlalchemy import hook_if_imported
+from ._stop import Stop, StopHandle, run_callback
+from ._stop import current as current_stop
 from ._types import ASGIApp, Receive, Scope, Send, WrappedApp
 
 logger = logging.getLogger("asgi_disconnect")
@@ -55,12 +60,21 @@ class DisconnectMiddleware:
         milliseconds it will wait (Envoy's ``x-envoy-expected-rq-timeout-ms``). The deadline
         is the earlier of the two; values that are not a positive number are ignored.
     :param request_start_header: a request header in which the proxy in front stamps when it
-        received the request (``x-request-start``: ``t=`` and seconds, milliseconds or
-        microseconds since the epoch). The time since then counts against the deadline, and
-        a request already past it is answered 503 without calling the app.
+        received the request (``x-request-start``: ``t=`` and seconds, milliseconds,
+        microseconds or nanoseconds since the epoch, told apart by their magnitude). The time
+        since then counts against the deadline, and a request already past it is answered 503
+        without calling the app. It needs ``timeout`` or ``timeout_header``: without a
+        deadline there is nothing to count against.
     :param clock_skew: seconds by which the proxy's clock may be behind this machine's: that
         much of the time since the proxy's stamp is not counted.
-    :raises ValueError: when an option is invalid.
+    :param cancel_statements: when a request is stopped, cancel on the database server the
+        statement that its threads are running (Django's ORM, SQLAlchemy's sync engines), as
+        cancelling a coroutine cancels an async driver's.
+    :raises TypeError: when an option is of the wrong type (a bool is not a number, a str is
+        not a collection of paths).
+    :raises ValueError: when an option has a wrong value; when ``request_start_header`` is
+        given without ``timeout`` or ``timeout_header``; when ``app`` is a
+        :class:`DisconnectMiddleware` with other options, which it would ignore.
     """
 
     def __init__(
@@ -76,44 +90,82 @@ class DisconnectMiddleware:
         timeout_header: str | None = None,
         request_start_header: str | None = None,
         clock_skew: float = 1.0,
+        cancel_statements: bool = True,
     ) -> None:
         if not callable(app):
-            raise ValueError(f"app must be an ASGI application (a callable), not {app!r}")
-        if (
-            isinstance(grace_period, bool)
-            or not isinstance(grace_period, (int, float))
-            or not math.isfinite(grace_period)
-            or grace_period < 0
-        ):
-            raise ValueError(
-                f"grace_period must be a finite number of seconds >= 0, not {grace_period!r}"
-            )
-        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
+            raise TypeError(f"app must be an ASGI application (a callable), not {app!r}")
+        grace_period = check_seconds("grace_period", grace_period, zero=True)
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int):
+            raise TypeError(f"read_ahead must be a whole number of bytes, not {read_ahead!r}")
+        if read_ahead < 0:
             raise ValueError(f"read_ahead must be a whole number of bytes >= 0, not {read_ahead!r}")
         if on_disconnect is not None and not callable(on_disconnect):
-            raise ValueError(f"on_disconnect must be callable, not {on_disconnect!r}")
+            raise TypeError(f"on_disconnect must be callable, not {on_disconnect!r}")
         if exclude is not None and not callable(exclude):
-            raise ValueError(f"exclude must be a callable taking the scope, not {exclude!r}")
+            raise TypeError(f"exclude must be a callable taking the scope, not {exclude!r}")
         if timeout is not None and not callable(timeout):
             timeout = check_seconds("timeout", timeout)
+        if not isinstance(cancel_statements, bool):
+            raise TypeError(f"cancel_statements must be True or False, not {cancel_statements!r}")
+        self.cancel_statements = cancel_statements
         self._timeout_header = header_name("timeout_header", timeout_header)
         self._request_start_header = header_name("request_start_header", request_start_header)
         self.clock_skew = check_seconds("clock_skew", clock_skew, zero=True)
+        if request_start_header is not None and timeout is None and timeout_header is None:
+            # The time a request waited counts against a deadline: without one it counts
+            # against nothing, and the header would be read for no effect.
+            raise ValueError(
+                "request_start_header needs a deadline to count against: give timeout or "
+                "timeout_header too"
+            )
+        self._prefixes = _path_prefixes(exclude_paths)
         self.timeout = timeout
         self.timeout_header = timeout_header
         self.request_start_header = request_start_header
         self._deadlines = timeout is not None or timeout_header is not None
-        self.app = app
+        options = {
+            "grace_period": grace_period,
+            "read_ahead": read_ahead,
+            "on_disconnect": on_disconnect,
+            "exclude_paths": self._prefixes,
+            "exclude": exclude,
+            "timeout": timeout,
+            "timeout_header": timeout_header,
+            "request_start_header": request_start_header,
+            "clock_skew": self.clock_skew,
+            "cancel_statements": cancel_statements,
+        }
+        self._options = options
+        # What this middleware would leave undone inside another one, which serves the
+        # request (see __call__): the options it was given.
+        self._ignored = ", ".join(
+            f"{name}={value!r}" for name, value in options.items() if value != _DEFAULTS[name]
+        )
+        if isinstance(app, DisconnectMiddleware):
+            # The outer one serves every request, and the inner one hands them on: only one
+            # set of options can hold. The same options twice hold as once.
+            if app._options != options:
+                differences = ", ".join(
+                    f"{name}={value!r} inside, {options[name]!r} outside"
+                    for name, value in app._options.items()
+                    if value != options[name]
+                )
+                raise ValueError(
+                    f"app is a DisconnectMiddleware with other options ({differences}): the "
+                    "outer one serves every request, and the inner one's options would be "
+                    "ignored; give one DisconnectMiddleware all the options"
+                )
+            app = app.app  # which is never a DisconnectMiddleware itself
+        self.app: WrappedApp = app
         # Requests the middleware leaves alone get the server's own scope, receive and send.
         self._untouched = cast(ASGIApp, app)
         self._wrapped = app
         self._imported = 0
         self._look_for_frameworks()
-        self.grace_period = float(grace_period)
+        self.grace_period = grace_period
         self.read_ahead = read_ahead
         self.on_disconnect = on_disconnect
         self.exclude = exclude
-        self._prefixes = _path_prefixes(exclude_paths)
         self._excluding = bool(self._prefixes) or exclude is not None
         # One per event loop; the middleware normally serves one loop for its whole life.
         self._ticker: Ticker | None = None
@@ -127,6 +179,8 @@ class DisconnectMiddleware:
                 "(a mapping with a 'type' key)"
             ) from None
         if kind != "http" or SCOPE_KEY in scope or (self._excluding and self._excluded(scope)):
+            if self._ignored and kind == "http" and SCOPE_KEY in scope:
+                self._nested(scope)
             await self._untouched(scope, receive, send)
             return
 
@@ -147,24 +201,52 @@ class DisconnectMiddleware:
         ticker = self._ticker
         if ticker is None or ticker.loop is not loop:
             ticker = self._ticker = _ticker_for(loop)
+        stopper = Stop(self.cancel_statements)
+        # Before the exchange copies the context for its watcher and timers.
+        token = current_stop.set(stopper)
         exchange = ticker.exchange_class(
-            scope, receive, send, self.read_ahead, self.grace_period, ticker, budget
+            scope, receive, send, self.read_ahead, self.grace_period, ticker, budget, stopper
         )
         app_scope = {**scope, SCOPE_KEY: exchange}
+        failed = True
         try:
             await exchange.run(self._wrapped, app_scope)
             if exchange.phase is not None:
                 await exchange.answer_for_the_app()
+            failed = False
         finally:
+            current_stop.reset(token)
+            disconnect = None
             if exchange.phase is not None:
-                await self._report(
-                    Disconnect(app_scope, exchange.phase, exchange.left_after, exchange.cause)
+                disconnect = Disconnect(
+                    app_scope, exchange.phase, exchange.left_after, exchange.cause
                 )
+                if failed:
+                    # What the app raised goes on: a cancellation from around the middleware
+                    # that meets an async on_disconnect's await must not take its place.
+                    with suppress(get_cancelled_exc_class()):
+                        await self._report(disconnect)
+                else:
+                    await self._report(disconnect)
             if exchange.failure is not None and not exchange.failure_seen:
                 logger.error(
                     "the server's receive() failed while the app was not reading",
                     exc_info=exchange.failure,
+                    extra=log_fields(app_scope, disconnect),
                 )
+
+    def _nested(self, scope: Scope) -> None:
+        # Inside another DisconnectMiddleware, with other middleware between the two (else
+        # the outer one would have refused at construction): the outer one serves the
+        # request, and this one's options do nothing. Said once, loudly.
+        logger.warning(
+            "a DisconnectMiddleware with options %s is inside another DisconnectMiddleware, "
+            "which serves the request: these options are ignored; give the outer one all "
+            "the options and remove this one",
+            self._ignored,
+            extra={**log_fields(scope), "ignored_options": self._ignored},
+        )
+        self._ignored = ""
 
     def _look_for_frameworks(self) -> None:
         # Django and Quart are recognised whenever they are imported: before the middleware is
@@ -172,6 +254,7 @@ class DisconnectMiddleware:
         self._imported = len(sys.modules)
         self._wrapped = attach(self.app)
         note_listening_readers()
+        hook_if_imported()
 
     def _budget(self, scope: Scope) -> float | None:
         """Seconds this request may take from now, or None for no deadline."""
@@ -215,6 +298,7 @@ class DisconnectMiddleware:
 
     async def _report(self, disconnect: Disconnect) -> None:
         scope = disconnect.scope
+        fields = log_fields(scope, disconnect)
         # A client that leaves is routine; a deadline that passes is a request the app could
         # not answer in time.
         logger.log(
@@ -225,6 +309,7 @@ class DisconnectMiddleware:
             _CAUSES[disconnect.cause],
             _DESCRIPTIONS[disconnect.phase],
             disconnect.elapsed,
+            extra=fields,
         )
         if self.on_disconnect is None:
             return
@@ -233,8 +318,32 @@ class DisconnectMiddleware:
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            logger.exception("on_disconnect raised")
+            logger.exception("on_disconnect raised", extra=fields)
 
+
+def log_fields(scope: Scope, disconnect: Disconnect | None = None) -> dict[str, object]:
+    """What every record the middleware logs carries as attributes (``extra=``).
+
+    For structured logging (a JSON formatter, structlog's stdlib bridge) and for a format
+    string's ``%(phase)s``: each key is always there, None when it does not apply. Nothing
+    of the scope's headers or query string, which hold secrets.
+    """
+    route = getattr(scope.get("route"), "path", None)  # Starlette's and FastAPI's Route
+    return {
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "route": route if isinstance(route, str) else None,
+        "phase": None if disconnect is None else disconnect.phase.value,
+        "cause": None if disconnect is None else disconnect.cause.value,
+        "elapsed": None if disconnect is None else disconnect.elapsed,
+    }
+
+
+_DEFAULTS: dict[str, object] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(DisconnectMiddleware.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 _CAUSES = {
     Cause.CLIENT_LEFT: "client disconnected",
@@ -257,12 +366,19 @@ def _ticker_for(loop: object) -> Ticker:
     return TrioTicker(loop)
 
 
-def _path_prefixes(paths: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(paths, (str, bytes)):
-        raise ValueError(f"exclude_paths must be a collection of path prefixes, not {paths!r}")
+def _path_prefixes(paths: object) -> tuple[str, ...]:
+    # A str is iterable too, one character at a time: "/health" is refused for what it is, a
+    # str where a collection of paths is wanted, rather than for its second character.
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise TypeError(
+            f"exclude_paths must be a collection of path prefixes (such as ['/health']), "
+            f"not {paths!r}"
+        )
     prefixes = []
     for path in paths:
-        if not isinstance(path, str) or not path.startswith("/"):
+        if not isinstance(path, str):
+            raise TypeError(f"exclude_paths entries must be str paths, not {path!r}")
+        if not path.startswith("/"):
             raise ValueError(f"exclude_paths entries must be paths starting with '/', not {path!r}")
         prefixes.append(path.rstrip("/"))
     return tuple(prefixes)
@@ -310,9 +426,53 @@ def time_left(scope: Mapping[str, Any]) -> float:
 
 
 async def wait_disconnected(scope: Mapping[str, Any]) -> None:
-    """Return once the client of this request has gone.
+    """Return once the client of this request has gone, or nothing can hear it any more.
+
+    That is: once the client has gone (or the request's deadline has passed); once the request
+    is over (the app has returned, and work it left behind waits for nothing); or once the
+    server's ``receive()`` has failed. :func:`is_disconnected` then tells the first case from
+    the others.
 
     :param scope: the request's scope, as the app received it.
     :raises ValueError: when the scope did not pass through :class:`DisconnectMiddleware`.
     """
     await exchange_of(scope).wait_disconnected()
+
+
+def on_stop(callback: Callable[[], object], scope: Mapping[str, Any] | None = None) -> StopHandle:
+    """Have ``callback`` called when this request is stopped, as Go's ``context.AfterFunc``.
+
+    A request is stopped when its client has left, or its deadline has passed, before its
+    response was complete, once the grace period (if any) is over. That is when the app is
+    cancelled; work in threads cannot be, and this is how it stops what it waits for: a
+    connection the app manages itself, a subprocess. Database statements run by Django's ORM
+    and SQLAlchemy's sync engines are cancelled already (see ``cancel_statements``).
+
+    The callback runs at most once, in the event loop's thread (it must not block), and
+    never once the response is complete: work after the response runs to its end. Registered
+    once the request has been stopped, it runs at once, in the caller's thread. What it
+    raises is logged on the ``asgi_disconnect`` logger.
+
+    Safe to call from any thread. Without ``scope``, the request is the one whose context
+    the caller runs in: asgiref's ``sync_to_async`` and anyio's ``to_thread.run_sync`` carry
+    it into their threads. Outside any request, the callback will never run, as for a
+    context that is never done, and the handle that is returned does nothing.
+
+    :param callback: called with no arguments.
+    :param scope: the request's scope, as the app received it; by default the current
+        request's.
+    :returns: a handle whose ``unregister()`` takes the callback back.
+    :raises TypeError: when ``callback`` is not callable.
+    :raises ValueError: when ``scope`` did not pass through :class:`DisconnectMiddleware`.
+    """
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, not {callback!r}")
+    stopper = current_stop.get() if scope is None else exchange_of(scope).stopper
+    if stopper is None:
+        return StopHandle(None)
+    handle = stopper.register(callback)
+    if handle is not None:
+        return handle
+    if stopper.stopped:
+        run_callback(callback)
+    return StopHandle(None)

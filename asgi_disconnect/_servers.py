@@ -48,8 +48,10 @@ def end_cut_response(send: Any, http_version: object) -> None:
     :param http_version: the scope's.
     """
     func = getattr(send, "func", None)  # daphne's: partial(Server.handle_reply, request)
-    if getattr(func, "__module__", "").startswith("daphne.") and send.args:
-        request = send.args[0]  # twisted's
+    module = getattr(func, "__module__", None)  # None for some callables: not daphne's
+    args = getattr(send, "args", None)
+    if isinstance(module, str) and module.startswith("daphne.") and args:
+        request = args[0]  # twisted's
         if http_version == "2":
             request.channel.abortConnection()  # RST_STREAM for this stream alone
         else:

@@ -3,10 +3,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+# The public aliases, for apps that type themselves (re-exported by the package): the shapes
+# Starlette's `starlette.types` gives, so that an app typed with them is accepted by both.
+#: A connection's scope.
 Scope = MutableMapping[str, Any]
+#: A message from ``receive()`` or to ``send()``.
 Message = MutableMapping[str, Any]
+#: The server's ``receive``.
 Receive = Callable[[], Awaitable[Message]]
+#: The server's ``send``.
 Send = Callable[[Message], Awaitable[None]]
+#: An ASGI 3 application.
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # What the middleware hands to the app it wraps: a dict scope, and a send that takes any

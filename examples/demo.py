@@ -15,8 +15,7 @@ import time
 
 import uvicorn
 
-from asgi_disconnect import DisconnectMiddleware
-from asgi_disconnect._types import Receive, Scope, Send
+from asgi_disconnect import DisconnectMiddleware, Receive, Scope, Send
 
 WORK_SECONDS = 3.0
 CLIENT_STAYS = 0.5

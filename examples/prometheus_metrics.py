@@ -14,18 +14,16 @@ how long the abandoned one had run when its client left.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from asgi_disconnect import Disconnect, DisconnectMiddleware
-from asgi_disconnect._types import ASGIApp, Receive, Scope, Send
+from asgi_disconnect import ASGIApp, Disconnect, DisconnectMiddleware, Receive, Scope, Send
 
 registry = CollectorRegistry()
 ABANDONED = Counter(
@@ -77,11 +75,15 @@ async def report(request: Request) -> JSONResponse:
     return JSONResponse({"report": request.path_params["report_id"]})
 
 
-metrics: Any = make_asgi_app(registry=registry)
+async def metrics(request: Request) -> Response:
+    # A route of its own rather than prometheus_client's ASGI app under Mount("/metrics"),
+    # which answers /metrics with a redirect to /metrics/.
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
 
 app = DisconnectMiddleware(
     Starlette(
-        routes=[Route("/reports/{report_id}", report), Mount("/metrics", metrics)],
+        routes=[Route("/reports/{report_id}", report), Route("/metrics", metrics)],
         middleware=[Middleware(TimeCompleted)],
     ),
     on_disconnect=count,

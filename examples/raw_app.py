@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import anyio
 
-from asgi_disconnect import DisconnectMiddleware
-from asgi_disconnect._types import Receive, Scope, Send
+from asgi_disconnect import DisconnectMiddleware, Receive, Scope, Send
 
 
 async def slow_report(scope: Scope, receive: Receive, send: Send) -> None:

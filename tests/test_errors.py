@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -207,30 +208,87 @@ async def test_a_malformed_message_from_the_app_is_left_to_the_server() -> None:
 @pytest.mark.parametrize(
     ("options", "name"),
     [
-        ({"grace_period": -1}, "grace_period"),
-        ({"grace_period": math.inf}, "grace_period"),
-        ({"grace_period": math.nan}, "grace_period"),
         ({"grace_period": "1"}, "grace_period"),
+        ({"grace_period": None}, "grace_period"),
+        ({"grace_period": timedelta(seconds=1)}, "grace_period"),
         ({"grace_period": True}, "grace_period"),
-        ({"read_ahead": -1}, "read_ahead"),
         ({"read_ahead": 1.5}, "read_ahead"),
+        ({"read_ahead": "64k"}, "read_ahead"),
+        ({"read_ahead": None}, "read_ahead"),
         ({"read_ahead": False}, "read_ahead"),
         ({"on_disconnect": "log"}, "on_disconnect"),
         ({"exclude": ["/health"]}, "exclude"),
+        ({"exclude_paths": None}, "exclude_paths"),
         ({"exclude_paths": "/health"}, "exclude_paths"),
-        ({"exclude_paths": ["health"]}, "exclude_paths"),
+        ({"exclude_paths": b"/health"}, "exclude_paths"),
+        ({"exclude_paths": 1}, "exclude_paths"),
         ({"exclude_paths": [b"/health"]}, "exclude_paths"),
+        ({"exclude_paths": [None]}, "exclude_paths"),
+        ({"timeout": "30"}, "timeout"),
+        ({"timeout": timedelta(seconds=30)}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"timeout_header": b"x-envoy-expected-rq-timeout-ms"}, "timeout_header"),
+        ({"timeout": 5, "request_start_header": 1}, "request_start_header"),
+        ({"clock_skew": "1"}, "clock_skew"),
+        ({"clock_skew": None}, "clock_skew"),
+        ({"clock_skew": False}, "clock_skew"),
     ],
+    ids=repr,
 )
-def test_invalid_options_raise_value_error_naming_the_option(
+def test_an_option_of_the_wrong_type_raises_type_error_naming_it(
+    options: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(TypeError, match=f"^{name} "):
+        DisconnectMiddleware(slow_app(Record()), **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"grace_period": -1}, "grace_period"),
+        ({"grace_period": math.inf}, "grace_period"),
+        ({"grace_period": math.nan}, "grace_period"),
+        ({"read_ahead": -1}, "read_ahead"),
+        ({"exclude_paths": ["health"]}, "exclude_paths"),
+        ({"exclude_paths": ["/health", ""]}, "exclude_paths"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout_header": "x envoy"}, "timeout_header"),
+        ({"timeout": 5, "request_start_header": ""}, "request_start_header"),
+        ({"clock_skew": -0.1}, "clock_skew"),
+        ({"clock_skew": math.inf}, "clock_skew"),
+        # Without a deadline, the time a request queued would count against nothing.
+        ({"request_start_header": "x-request-start"}, "request_start_header"),
+        ({"request_start_header": "x-request-start", "clock_skew": 2.0}, "request_start_header"),
+    ],
+    ids=repr,
+)
+def test_an_option_of_the_wrong_value_raises_value_error_naming_it(
     options: dict[str, Any], name: str
 ) -> None:
     with pytest.raises(ValueError, match=f"^{name} "):
         DisconnectMiddleware(slow_app(Record()), **options)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": 30, "request_start_header": "x-request-start"},
+        {"timeout": lambda scope: None, "request_start_header": "x-request-start"},
+        {"timeout_header": "x-envoy-expected-rq-timeout-ms", "request_start_header": "x-start"},
+        {"grace_period": 0, "read_ahead": 0, "exclude_paths": ["/health"], "clock_skew": 0},
+        {"exclude_paths": iter(["/health"]), "timeout": 1},
+    ],
+    ids=repr,
+)
+def test_valid_options_are_taken(options: dict[str, Any]) -> None:
+    DisconnectMiddleware(slow_app(Record()), **options)
+
+
 def test_an_app_that_is_not_callable_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"^app must be an ASGI application"):
+    with pytest.raises(TypeError, match=r"^app must be an ASGI application"):
         DisconnectMiddleware("myproject.asgi:application")  # type: ignore[arg-type]
 
 
@@ -257,13 +315,18 @@ async def test_a_scope_that_is_not_an_asgi_scope_is_a_clear_type_error(scope: An
     assert repr(scope) in str(caught.value)
 
 
-@pytest.mark.parametrize("body", [None, 12], ids=repr)
-async def test_a_body_that_is_not_bytes_is_a_clear_type_error(body: Any) -> None:
+@pytest.mark.parametrize("read_ahead", [True, False], ids=["read-ahead", "read-by-the-app"])
+@pytest.mark.parametrize("body", [None, 12345, "text"], ids=repr)
+async def test_a_body_that_is_not_bytes_is_a_clear_type_error(body: Any, read_ahead: bool) -> None:
+    # Whoever reads it: the watcher ahead of the app, or the app straight from the server.
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await anyio.sleep(0.02)  # the middleware reads ahead of the app meanwhile
+        if read_ahead:
+            await anyio.sleep(0.02)  # the middleware reads ahead of the app meanwhile
         await receive()
 
     async with communicate(DisconnectMiddleware(app)) as c:
+        if not read_ahead:
+            await anyio.sleep(0.02)  # the app waits in receive(), alone
         await c.send_input({"type": "http.request", "body": body, "more_body": True})
         await c.wait()
     assert isinstance(c.error, TypeError)

@@ -121,6 +121,7 @@ def test_the_django_project_is_cancelled_when_the_client_leaves() -> None:
 
 async def test_prometheus_counts_abandoned_requests_by_route_and_the_work_saved() -> None:
     import prometheus_metrics
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     app = prometheus_metrics.app
     completed = http_scope(method="GET", path="/reports/1", query_string=b"seconds=0.2")
@@ -134,9 +135,12 @@ async def test_prometheus_counts_abandoned_requests_by_route_and_the_work_saved(
         await anyio.sleep(0.05)
         await c.disconnect()
         await c.wait()
-    async with communicate(app, http_scope(method="GET", path="/metrics/")) as c:
+    # Where the docstring says, with no redirect.
+    async with communicate(app, http_scope(method="GET", path="/metrics")) as c:
         await c.send_body(b"")
         await c.wait()
+    assert c.sent[0]["status"] == 200
+    assert (b"content-type", CONTENT_TYPE_LATEST.encode()) in c.sent[0]["headers"]
     text = b"".join(m.get("body", b"") for m in c.sent[1:]).decode()
     metrics = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
+import logging
 from typing import Any
 
 import pytest
 from communicator import communicate, http_scope
 
 from asgi_disconnect import DisconnectMiddleware
-from asgi_disconnect._types import Receive, Scope, Send
+from asgi_disconnect._types import ASGIApp, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 
@@ -54,12 +54,18 @@ async def test_other_scopes_reach_the_app_untouched(kind: str) -> None:
 async def test_excluded_requests_reach_the_app_untouched(
     path: str, options: dict[str, Any], excluded: bool
 ) -> None:
-    spy = Spy()
+    spy, server = Spy(), Spy()  # server: what the server handed the middleware
+    middleware = DisconnectMiddleware(spy, **options)
+
+    async def served(scope: Scope, receive: Receive, send: Send) -> None:
+        await server(scope, receive, send)
+        await middleware(scope, receive, send)
+
     scope = http_scope(path=path)
-    async with communicate(DisconnectMiddleware(spy, **options), scope) as c:
+    async with communicate(served, scope) as c:
         await c.wait()
     (seen_scope, receive, send) = spy.calls[0]
-    assert (seen_scope is scope and receive == c.receive and send == c.send) is excluded
+    assert ((seen_scope, receive, send) == server.calls[0] and seen_scope is scope) is excluded
     assert ("asgi_disconnect" in seen_scope) is not excluded
 
 
@@ -83,16 +89,66 @@ async def test_wrapping_twice_behaves_like_wrapping_once() -> None:
     assert receive == exchange.receive and send == exchange.send
 
 
-def test_the_public_names_are_pinned() -> None:
-    import asgi_disconnect
+async def test_wrapping_twice_with_the_same_options_behaves_like_wrapping_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spy = Spy()
+    inner = DisconnectMiddleware(spy, timeout=5, exclude_paths=["/health"])
+    outer = DisconnectMiddleware(inner, timeout=5.0, exclude_paths=("/health/",))
+    assert outer.app is spy
+    with caplog.at_level(logging.INFO, logger="asgi_disconnect"):
+        async with communicate(outer) as c:
+            await c.wait()
+    scope, receive, _ = spy.calls[0]
+    assert receive == scope["asgi_disconnect"].receive
+    assert caplog.records == []
 
-    assert asgi_disconnect.__all__ == [
-        "Cause",
-        "Disconnect",
-        "DisconnectMiddleware",
-        "Phase",
-        "is_disconnected",
-        "time_left",
-        "wait_disconnected",
-    ]
-    assert re.fullmatch(r"\d+\.\d+\.\d+", asgi_disconnect.__version__)
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "words"),
+    [
+        ({"timeout": 5}, {"grace_period": 0.2}, "grace_period=0.0 inside, 0.2 outside"),
+        ({"timeout": 5}, {"grace_period": 0.2}, "timeout=5.0 inside, None outside"),
+        ({"exclude_paths": ["/health"]}, {}, "exclude_paths=('/health',) inside, () outside"),
+        ({}, {"read_ahead": 0}, "read_ahead=65536 inside, 0 outside"),
+    ],
+)
+def test_wrapping_twice_with_other_options_is_refused(
+    inner: dict[str, Any], outer: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ValueError, match=r"^app is a DisconnectMiddleware with other options") as e:
+        DisconnectMiddleware(DisconnectMiddleware(Spy(), **inner), **outer)
+    assert words in str(e.value)
+
+
+def between(app: ASGIApp) -> ASGIApp:
+    """A middleware of someone else's, between two DisconnectMiddlewares."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, receive, send)
+
+    return middleware
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": 5, "grace_period": 1}])
+async def test_one_inside_another_with_something_between_says_its_options_are_ignored(
+    options: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not to be seen at construction: the outer one serves the requests, and the inner one,
+    # if it was given options, says once that they do nothing.
+    spy = Spy()
+    outer = DisconnectMiddleware(between(DisconnectMiddleware(spy, **options)))
+    with caplog.at_level(logging.INFO, logger="asgi_disconnect"):
+        for _ in range(2):
+            async with communicate(outer) as c:
+                await c.wait()
+    assert len(spy.calls) == 2
+    assert all(scope["asgi_disconnect"].deadline is None for scope, _, _ in spy.calls)
+    if not options:
+        assert caplog.records == []
+        return
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "timeout=5.0, grace_period=1.0" not in record.getMessage()  # in signature order
+    assert "grace_period=1.0, timeout=5.0" in record.getMessage()
+    assert "these options are ignored" in record.getMessage()
