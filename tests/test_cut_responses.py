@@ -39,6 +39,18 @@ def test_daphne_is_told_to_close_the_connection_or_reset_the_stream(
     assert request.calls == [call]
 
 
+def test_a_send_bound_to_a_callable_of_no_module_is_not_taken_for_daphnes() -> None:
+    # Callables of C extensions, and some made at run time, have __module__ None.
+    def handle_reply(request: Request, message: object) -> None:
+        raise AssertionError("not called")  # pragma: no cover
+
+    handle_reply.__module__ = None  # type: ignore[assignment]
+    request = Request()
+    token = contextvars.copy_context()
+    token.run(end_cut_response, functools.partial(handle_reply, request), "1.1")
+    assert request.calls == []
+
+
 @pytest.mark.parametrize("name", list(COMPLAINTS))
 def test_the_servers_complaint_of_a_cut_response_is_dropped_once(
     name: str, caplog: pytest.LogCaptureFixture

@@ -135,7 +135,7 @@ def test_over_http2_a_response_streaming_at_its_deadline_is_reset(
         )
     rid = new_id("deadline-h2")
     with H2Connection.open(served) as connection:
-        stream = connection.request("GET", f"/deadline/{route}?id={rid}", end=False)
+        stream = connection.request("GET", f"/deadline/{route}?id={rid}", end=False, flush=False)
         connection.send(stream, b"")  # uvicorn's zttp wants the request ended by a DATA frame
         with pytest.raises(AssertionError, match="reset stream"):
             connection.response(stream)

@@ -86,6 +86,17 @@ async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         record(rid, "responded")
         await anyio.sleep(AFTER)
         record(rid, "after-done")
+    elif route == "/polls":
+        # What Starlette's Request.is_disconnected(), which takes only a message ready at
+        # once, says after the response; with ?late, once the watcher waits in receive().
+        from starlette.requests import Request
+
+        await read_body(receive)
+        if b"late" in scope["query_string"]:
+            await anyio.sleep(0.02)
+        await respond(send, b"responded")
+        answers = [await Request(scope, receive).is_disconnected() for _ in range(3)]
+        record(rid, "polled:" + "-".join(str(answer) for answer in answers))
     elif route == "/grace":
         await read_body(receive)
         record(rid, "started")
