@@ -20,7 +20,7 @@ import contextvars
 import math
 import sys
 import time
-from asyncio import AbstractEventLoop, CancelledError, Task
+from asyncio import AbstractEventLoop, CancelledError, Task, current_task
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 # CancelOnce extends (see its docstring), the table of each task's innermost scope, to see
 # where the task stands, and how anyio tells its own CancelledError. anyio's public
 # CancelScope() builds this class.
-from anyio._backends._asyncio import CancelScope, _task_states, is_anyio_cancellation
+from anyio._backends._asyncio import CancelScope, TaskState, _task_states, is_anyio_cancellation
 
 from ._exchange import TICK, Exchange, Ticker
 from ._types import AppScope, WrappedApp
@@ -234,30 +234,27 @@ def _delivered_here(exc: BaseException | None) -> bool:  # pragma: no cover (Pyt
 class AsyncioExchange(Exchange):
     _watcher: Task[None] | None = None
     _timer: asyncio.TimerHandle | None = None
-    _cancel_scope: CancelOnce
+    #: None until the request is cancelled, for a request without a deadline (see run()).
+    _cancel_scope: CancelOnce | None = None
+    #: The same scope, for a request with a deadline: entered with the app.
+    _deadline_scope: CancelOnce
 
     async def run(self, app: WrappedApp, scope: AppScope) -> None:
         self._ticker.add(self)
-        budget = self._budget
-        if budget is None:
-            cancel_scope = self._cancel_scope = CancelOnce()
-        else:
-            cancel_scope = self._cancel_scope = CancelOnce(deadline=self._on_loop_clock())
-            if budget < 2 * TICK:
-                # Set before the scope is entered, where anyio arms its timer: a deadline
-                # within the ticks that a request waits for its watcher gets one at once.
-                cancel_scope._timer_allowed = True
-            cancel_scope.on_deadline = self._deadline_reached
+        host = current_task()
         try:
-            with cancel_scope:
-                await app(scope, self.receive, self.send)
+            if self._budget is None and host is not None:
+                await self._run_unscoped(app, scope, host)
+            else:
+                await self._run_scoped(app, scope)
         finally:
-            if budget is not None:
+            cancel_scope = self._cancel_scope
+            if cancel_scope is not None:
                 cancel_scope.on_deadline = None  # no cycle through the exchange
-            if cancel_scope._delivered or cancel_scope.cancel_called:
-                # Cancelled by the middleware, maybe before the timer that stops the request
-                # had its turn: stopped all the same.
-                self._stop()
+                if cancel_scope._delivered or cancel_scope.cancel_called:
+                    # Cancelled by the middleware, maybe before the timer that stops the
+                    # request had its turn: stopped all the same.
+                    self._stop()
             self._end()
             if self._timer is not None:
                 self._timer.cancel()
@@ -276,6 +273,81 @@ class AsyncioExchange(Exchange):
                 # would break, keeping the request's state alive until it runs.
                 self._watcher = None
 
+    async def _run_scoped(self, app: WrappedApp, scope: AppScope) -> None:
+        # A deadline must be anyio's from the start, for current_effective_deadline() to show
+        # it: the scope is entered around the app.
+        budget = self._budget
+        if budget is None:  # pragma: no cover (a coroutine driven outside any task)
+            cancel_scope = self._cancel_scope = CancelOnce()
+        else:
+            cancel_scope = CancelOnce(deadline=self._on_loop_clock())
+            self._cancel_scope = self._deadline_scope = cancel_scope
+            if budget < 2 * TICK:
+                # Set before the scope is entered, where anyio arms its timer: a deadline
+                # within the ticks that a request waits for its watcher gets one at once.
+                cancel_scope._timer_allowed = True
+            cancel_scope.on_deadline = self._deadline_reached
+        with cancel_scope:
+            await app(scope, self.receive, self.send)
+
+    async def _run_unscoped(self, app: WrappedApp, scope: AppScope, host: Task[Any]) -> None:
+        # Entering an anyio scope costs a request more than all the rest of the middleware
+        # (anyio keeps a state for each task, in a weak dictionary): most requests are never
+        # cancelled, so none is entered. The app runs as if it were, and if it is cancelled,
+        # the scope is put where it would be, between the scope the app was called in and
+        # the app's own scopes (see _enter_late()), and left here as a with block would.
+        self._host = host
+        state = _task_states.get(host)
+        self._outer = None if state is None else state.cancel_scope
+        self._cancel_requests_at_start = _cancel_requests(host)
+        try:
+            await app(scope, self.receive, self.send)
+        except BaseException as exc:
+            cancel_scope = self._cancel_scope
+            if cancel_scope is None or not cancel_scope.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            cancel_scope = self._cancel_scope
+            if cancel_scope is not None:
+                cancel_scope.__exit__(None, None, None)
+
+    def _enter_late(self) -> CancelOnce:
+        """The app's cancel scope, entered now as if it had been when the app was called.
+
+        anyio links each scope to the one it was entered in, and a task to its innermost
+        scope: the new scope takes the place of the scope the app was called in for what the
+        app entered since (the outermost of its scopes, still open, or the task itself),
+        and is that scope's child in their place.
+        """
+        cancel_scope = self._cancel_scope = CancelOnce()
+        host, outer = self._host, self._outer
+        cancel_scope._host_task = host
+        cancel_scope._parent_scope = outer
+        cancel_scope._cancelling_at_enter = self._cancel_requests_at_start
+        state = _task_states.get(host)
+        inner = None if state is None else state.cancel_scope
+        if inner is outer:  # the app is in no scope of its own at the moment
+            cancel_scope._tasks.add(host)
+            if state is None:
+                _task_states[host] = TaskState(None, cancel_scope)
+            else:
+                state.cancel_scope = cancel_scope
+            if outer is not None:
+                outer._tasks.discard(host)
+        else:
+            while inner is not None and inner._parent_scope is not outer:
+                inner = inner._parent_scope
+            if inner is None:  # pragma: no cover (anyio nests a task's scopes)
+                raise RuntimeError("the app's cancel scopes are not nested in the middleware's")
+            inner._parent_scope = cancel_scope
+            cancel_scope._child_scopes.add(inner)
+            if outer is not None:
+                outer._child_scopes.discard(inner)
+        if outer is not None:
+            outer._child_scopes.add(cancel_scope)
+        cancel_scope._active = True
+        return cancel_scope
+
     def _spawn_watcher(self) -> None:
         loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
         self._watcher = self._context.run(loop.create_task, self.watch())
@@ -289,6 +361,8 @@ class AsyncioExchange(Exchange):
 
     def _cancel_app(self, delay: float) -> None:
         cancel_scope = self._cancel_scope
+        if cancel_scope is None:
+            cancel_scope = self._enter_late()
         if delay:
             loop: AbstractEventLoop = self._ticker.loop  # type: ignore[assignment]
             cancel_scope._timer_allowed = True
@@ -309,18 +383,18 @@ class AsyncioExchange(Exchange):
 
     def _deadline_reached(self) -> None:
         if self.disconnected:
-            self._cancel_scope.cancel()  # a grace period is over
+            self._deadline_scope.cancel()  # a grace period is over
         elif 0 < self.time_left() < math.inf:
             # The loop's clock ran ahead of the deadline's: not yet.
-            self._cancel_scope.deadline = self._on_loop_clock()
+            self._deadline_scope.deadline = self._on_loop_clock()
         else:
             self._deadline_passed()
 
     def _arm_deadline(self) -> None:
-        self._cancel_scope.allow_timer()
+        self._deadline_scope.allow_timer()
 
     def _lift_deadline(self) -> None:
-        cancel_scope = self._cancel_scope
+        cancel_scope = self._deadline_scope
         if cancel_scope._timer_allowed:
             cancel_scope.deadline = math.inf  # and its timer with it
         else:
@@ -330,7 +404,8 @@ class AsyncioExchange(Exchange):
         # Cancelled from the app's own task (it read the disconnect, or send() failed),
         # the scope delivers at the next loop iteration: make that be here, and not after
         # the app has returned, in the middleware's clean-up.
-        if self._cancel_scope.cancel_called:
+        cancel_scope = self._cancel_scope
+        if cancel_scope is not None and cancel_scope.cancel_called:
             await asyncio.sleep(0)
 
 
