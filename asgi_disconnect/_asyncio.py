@@ -20,6 +20,7 @@ import contextvars
 import math
 import sys
 import time
+import warnings
 from asyncio import AbstractEventLoop, CancelledError, Task, current_task
 from collections.abc import Callable
 from types import TracebackType
@@ -27,12 +28,69 @@ from typing import Any
 
 # The private pieces of anyio used here: its asyncio cancel scope, whose delivery round
 # CancelOnce extends (see its docstring), the table of each task's innermost scope, to see
-# where the task stands, and how anyio tells its own CancelledError. anyio's public
-# CancelScope() builds this class.
+# where the task stands and to enter a scope late (AsyncioExchange._enter_late), and how
+# anyio tells its own CancelledError. anyio's public CancelScope() builds this class.
 from anyio._backends._asyncio import CancelScope, TaskState, _task_states, is_anyio_cancellation
 
 from ._exchange import TICK, Exchange, Ticker
 from ._types import AppScope, WrappedApp
+
+#: Every private attribute this module reads or sets, of anyio's and asyncio's classes. They
+#: are checked when the module is imported (see missing_internals()).
+INTERNALS: dict[type, tuple[str, ...]] = {
+    CancelScope: (
+        "_active",
+        "_cancel_called",
+        "_cancel_handle",
+        "_cancel_reason",
+        "_cancelled_caught",
+        "_cancelling_at_enter",
+        "_child_scopes",
+        "_deadline",
+        "_deliver_cancellation",
+        "_host_task",
+        "_parent_cancellation_is_visible_to_us",
+        "_parent_scope",
+        "_pending_uncancellations",
+        "_restart_cancellation_in_parent",
+        "_shield",
+        "_tasks",
+        "_timeout",
+        "_timeout_handle",
+    ),
+    TaskState: ("cancel_scope",),
+    Task: ("_fut_waiter", "_must_cancel"),
+}
+
+
+def missing_internals(internals: dict[type, tuple[str, ...]] = INTERNALS) -> list[str]:
+    """The private attributes used here that the installed anyio or asyncio lacks."""
+    return [
+        f"{cls.__module__}.{cls.__qualname__}.{name}"
+        for cls, names in internals.items()
+        for name in names
+        if not hasattr(cls, name)
+    ]
+
+
+def warn_if_changed(internals: dict[type, tuple[str, ...]] = INTERNALS) -> None:
+    missing = missing_internals(internals)
+    if missing:
+        from importlib.metadata import version
+
+        # Loud, never silently wrong: the cancellation would fail, or misbehave, mid-request.
+        warnings.warn(
+            "asgi_disconnect relies on private parts of anyio's and asyncio's tasks, which "
+            f"this anyio ({version('anyio')}) or Python has changed (missing: "
+            f"{', '.join(missing)}): cancelling a request on asyncio will fail or misbehave; "
+            "pin anyio to the release this asgi_disconnect was tested with, or upgrade "
+            "asgi_disconnect",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+warn_if_changed()
 
 
 def _cancellation_pending(task: Task[Any]) -> bool:
