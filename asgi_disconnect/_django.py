@@ -2,7 +2,8 @@
 
 Django tells the middleware that it serves a request: it sends ``request_started`` with the
 scope it was given, which carries the middleware's state. Its body reader is recognised too
-(``note_listening_readers`` in ``_exchange.py``), and is handed the disconnect.
+(:func:`note_readers`), and is handed the disconnect: it closes its body file when told, and
+is left with it open when cancelled.
 
 - Django >= 5.0 listens for the disconnect itself and cancels its view when it hears it.
   Once it has read its body it is told of the disconnect and never cancelled from outside:
@@ -23,13 +24,29 @@ from typing import Any
 
 import anyio
 
-from ._exchange import SCOPE_KEY, Exchange
+from ._exchange import LISTENING_READERS, SCOPE_KEY, STOPPING_READERS, Exchange
 from ._types import AppScope, AppSend, Receive, WrappedApp
 
 # The request being served, as Django's threads see it (Django < 5 only). In a list emptied when
 # the request ends: copies of the context outlive it (a cancelled timer keeps its context
 # until its time comes), and must not keep the request's state alive.
 _current: ContextVar[list[Exchange] | None] = ContextVar("asgi_disconnect_exchange", default=None)
+
+
+def note_readers() -> None:
+    """Note Django's body reader, if this process serves Django.
+
+    Once it has read the body, Django >= 5 listens for the disconnect and stops its view
+    itself: cancelling it from outside would orphan the task running the view.
+    """
+    # Without importing Django: a process that serves it has imported its ASGI handler.
+    handlers = sys.modules.get("django.core.handlers.asgi")
+    if handlers is None:
+        return
+    read_body = handlers.ASGIHandler.read_body.__code__
+    LISTENING_READERS.add(read_body)
+    if sys.modules["django"].VERSION >= (5, 0):
+        STOPPING_READERS.add(read_body)
 
 
 def attach(app: WrappedApp) -> WrappedApp:

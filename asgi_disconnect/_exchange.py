@@ -45,7 +45,8 @@ TICK = 0.001
 _DISCONNECT = "http.disconnect"
 
 #: Code that reads the request body and stops cleanly on ``http.disconnect``: an app waiting in
-#: it is told, as after its body, rather than cancelled in the middle of it.
+#: it is told, as after its body, rather than cancelled in the middle of it. The integrations
+#: (``_django.py``, ``_quart.py``) note their framework's, once it is imported.
 LISTENING_READERS: set[CodeType] = set()
 #: Of those, the ones whose framework stops its own work whenever the client leaves, once they
 #: have read the whole body: from then on the app is never cancelled from outside.
@@ -54,27 +55,6 @@ STOPPING_READERS: set[CodeType] = set()
 # How far up from receive() a listening reader is looked for: past what wraps receive()
 # (OpenTelemetry's, Sentry's and Channels' wrappers are one or two calls deep).
 _READER_DEPTH = 5
-
-
-def note_listening_readers() -> None:
-    """Note the body readers of the frameworks this process has imported.
-
-    Django's ``read_body`` closes its body file when told, and is left with it open when
-    cancelled; once it has read the body, Django >= 5 listens for the disconnect and stops its
-    view itself, and cancelling it from outside would orphan the task running the view. Quart
-    reads the body in a task of its own that races the handler's, and stops the handler when
-    it hears the disconnect: cancelling the task the server runs instead would orphan both.
-    """
-    # Without importing them: a process that serves one has imported it already.
-    handlers = sys.modules.get("django.core.handlers.asgi")
-    if handlers is not None:
-        read_body = handlers.ASGIHandler.read_body.__code__
-        LISTENING_READERS.add(read_body)
-        if sys.modules["django"].VERSION >= (5, 0):
-            STOPPING_READERS.add(read_body)
-    quart = sys.modules.get("quart.asgi")
-    if quart is not None:
-        LISTENING_READERS.add(quart.ASGIHTTPConnection.handle_messages.__code__)
 
 
 def _listening_reader() -> CodeType | None:

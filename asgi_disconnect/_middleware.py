@@ -13,6 +13,7 @@ from anyio import get_cancelled_exc_class
 from ._asyncio import AsyncioTicker
 from ._deadline import Timeout, check_seconds, header_name, header_timeout, queued_for, timeout_for
 from ._django import attach
+from ._django import note_readers as note_django_readers
 from ._exchange import (
     SCOPE_KEY,
     Cause,
@@ -20,9 +21,9 @@ from ._exchange import (
     Exchange,
     Phase,
     Ticker,
-    note_listening_readers,
     plain_response,
 )
+from ._quart import note_readers as note_quart_readers
 from ._sqlalchemy import hook_if_imported
 from ._stop import Stop, StopHandle, run_callback
 from ._stop import current as current_stop
@@ -253,7 +254,8 @@ class DisconnectMiddleware:
         # built, as usual, or later, by an app that imports them on its first request.
         self._imported = len(sys.modules)
         self._wrapped = attach(self.app)
-        note_listening_readers()
+        note_django_readers()
+        note_quart_readers()
         hook_if_imported()
 
     def _budget(self, scope: Scope) -> float | None:

@@ -562,16 +562,19 @@ def test_only_the_body_readers_of_frameworks_in_the_process_are_noted(
 ) -> None:
     from django.core.handlers.asgi import ASGIHandler
 
-    from asgi_disconnect import _exchange
+    from asgi_disconnect import _django, _quart
 
     readers: set[object] = set()
-    monkeypatch.setattr(_exchange, "LISTENING_READERS", readers)
+    monkeypatch.setattr(_django, "LISTENING_READERS", readers)
+    monkeypatch.setattr(_quart, "LISTENING_READERS", readers)
     monkeypatch.delitem(sys.modules, "quart.asgi", raising=False)
-    _exchange.note_listening_readers()
+    _django.note_readers()
+    _quart.note_readers()
     assert readers == {ASGIHandler.read_body.__code__}
     monkeypatch.delitem(sys.modules, "django.core.handlers.asgi")
     readers.clear()
-    _exchange.note_listening_readers()
+    _django.note_readers()
+    _quart.note_readers()
     assert readers == set()
 
 
