@@ -301,10 +301,32 @@ class AsyncioExchange(Exchange):
         self._ticker.add(self)
         host = current_task()
         try:
-            if self._budget is None and host is not None:
-                await self._run_unscoped(app, scope, host)
-            else:
+            if self._budget is not None or host is None:
                 await self._run_scoped(app, scope)
+            else:
+                # Entering an anyio scope costs a request more than all the rest of the
+                # middleware (anyio keeps a state for each task, in a weak dictionary): most
+                # requests are never cancelled, so none is entered. The app runs as if it
+                # were, and if it is cancelled, the scope is put where it would be, between
+                # the scope the app was called in and the app's own scopes (_enter_late()),
+                # and left here as a with block would leave it. In line: a coroutine of its
+                # own would hold a frame for as long as the request is open.
+                self._host = host
+                state = _task_states.get(host)
+                self._outer = None if state is None else state.cancel_scope
+                self._cancel_requests_at_start = _cancel_requests(host)
+                try:
+                    await app(scope, self.receive, self.send)
+                except BaseException as exc:
+                    cancel_scope = self._cancel_scope
+                    if cancel_scope is None or not cancel_scope.__exit__(
+                        type(exc), exc, exc.__traceback__
+                    ):
+                        raise
+                else:
+                    cancel_scope = self._cancel_scope
+                    if cancel_scope is not None:
+                        cancel_scope.__exit__(None, None, None)
         finally:
             cancel_scope = self._cancel_scope
             if cancel_scope is not None:
@@ -347,27 +369,6 @@ class AsyncioExchange(Exchange):
             cancel_scope.on_deadline = self._deadline_reached
         with cancel_scope:
             await app(scope, self.receive, self.send)
-
-    async def _run_unscoped(self, app: WrappedApp, scope: AppScope, host: Task[Any]) -> None:
-        # Entering an anyio scope costs a request more than all the rest of the middleware
-        # (anyio keeps a state for each task, in a weak dictionary): most requests are never
-        # cancelled, so none is entered. The app runs as if it were, and if it is cancelled,
-        # the scope is put where it would be, between the scope the app was called in and
-        # the app's own scopes (see _enter_late()), and left here as a with block would.
-        self._host = host
-        state = _task_states.get(host)
-        self._outer = None if state is None else state.cancel_scope
-        self._cancel_requests_at_start = _cancel_requests(host)
-        try:
-            await app(scope, self.receive, self.send)
-        except BaseException as exc:
-            cancel_scope = self._cancel_scope
-            if cancel_scope is None or not cancel_scope.__exit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            cancel_scope = self._cancel_scope
-            if cancel_scope is not None:
-                cancel_scope.__exit__(None, None, None)
 
     def _enter_late(self) -> CancelOnce:
         """The app's cancel scope, entered now as if it had been when the app was called.
