@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import math
 import sys
 import time
@@ -138,6 +139,9 @@ class CancelOnce(CancelScope):
     """
 
     _delivered = False
+    #: For a scope entered late (AsyncioExchange._enter_late), when its request began, in the
+    #: order requests begin; inf for one entered with the app.
+    _order = math.inf
     #: A request's deadline has no timer until the request outlives a tick: most end first.
     _timer_allowed = False
     #: Called when the deadline passes, instead of cancelling.
@@ -289,6 +293,11 @@ def _delivered_here(exc: BaseException | None) -> bool:  # pragma: no cover (Pyt
     return False
 
 
+#: Numbers requests in the order they begin: of two in one task, the one begun first is the
+#: outer one (see AsyncioExchange._enter_late).
+_requests_begun = itertools.count()
+
+
 class AsyncioExchange(Exchange):
     _watcher: Task[None] | None = None
     _timer: asyncio.TimerHandle | None = None
@@ -312,6 +321,7 @@ class AsyncioExchange(Exchange):
                 # and left here as a with block would leave it. In line: a coroutine of its
                 # own would hold a frame for as long as the request is open.
                 self._host = host
+                self._order = next(_requests_begun)
                 state = _task_states.get(host)
                 self._outer = None if state is None else state.cancel_scope
                 self._cancel_requests_at_start = _cancel_requests(host)
@@ -374,36 +384,42 @@ class AsyncioExchange(Exchange):
         """The app's cancel scope, entered now as if it had been when the app was called.
 
         anyio links each scope to the one it was entered in, and a task to its innermost
-        scope: the new scope takes the place of the scope the app was called in for what the
-        app entered since (the outermost of its scopes, still open, or the task itself),
-        and is that scope's child in their place.
+        scope. The new scope goes where the app was called: below the scope the middleware
+        was called in, or below the scope entered late, the same way, by a middleware around
+        this one in the same task (a router calling a sub-app wrapped in a middleware of its
+        own), which was called first. What the app has entered since (the outermost of its
+        scopes still open, or the task itself) is the new scope's in their place.
         """
         cancel_scope = self._cancel_scope = CancelOnce()
-        host, outer = self._host, self._outer
+        cancel_scope._order = self._order
+        host = self._host
         cancel_scope._host_task = host
-        cancel_scope._parent_scope = outer
         cancel_scope._cancelling_at_enter = self._cancel_requests_at_start
         state = _task_states.get(host)
-        inner = None if state is None else state.cancel_scope
-        if inner is outer:  # the app is in no scope of its own at the moment
+        above = None if state is None else state.cancel_scope
+        below: CancelScope | None = None  # the outermost of the app's scopes still open
+        while above is not self._outer and not (
+            isinstance(above, CancelOnce) and above._order < self._order
+        ):
+            if above is None:  # pragma: no cover (anyio nests a task's scopes)
+                raise RuntimeError("the app's cancel scopes are not nested in the middleware's")
+            below, above = above, above._parent_scope
+        cancel_scope._parent_scope = above
+        if below is None:  # the app is in no scope of its own at the moment
             cancel_scope._tasks.add(host)
             if state is None:
                 _task_states[host] = TaskState(None, cancel_scope)
             else:
                 state.cancel_scope = cancel_scope
-            if outer is not None:
-                outer._tasks.discard(host)
+            if above is not None:
+                above._tasks.discard(host)
         else:
-            while inner is not None and inner._parent_scope is not outer:
-                inner = inner._parent_scope
-            if inner is None:  # pragma: no cover (anyio nests a task's scopes)
-                raise RuntimeError("the app's cancel scopes are not nested in the middleware's")
-            inner._parent_scope = cancel_scope
-            cancel_scope._child_scopes.add(inner)
-            if outer is not None:
-                outer._child_scopes.discard(inner)
-        if outer is not None:
-            outer._child_scopes.add(cancel_scope)
+            below._parent_scope = cancel_scope
+            cancel_scope._child_scopes.add(below)
+            if above is not None:
+                above._child_scopes.discard(below)
+        if above is not None:
+            above._child_scopes.add(cancel_scope)
         cancel_scope._active = True
         return cancel_scope
 
@@ -458,6 +474,11 @@ class AsyncioExchange(Exchange):
             cancel_scope.deadline = math.inf  # and its timer with it
         else:
             cancel_scope._deadline = math.inf  # no timer yet: what anyio reports is all
+
+    def _spare_app(self) -> None:
+        cancel_scope = self._cancel_scope
+        if cancel_scope is not None and not cancel_scope.cancel_called:
+            cancel_scope.deadline = math.inf  # and the grace period's timer with it
 
     async def _take_cancellation(self) -> None:
         # Cancelled from the app's own task (it read the disconnect, or send() failed),

@@ -137,6 +137,8 @@ class Exchange:
     _busy = False
     _listening = 0
     _response = _NONE
+    #: How far the response had got when the app's messages began to be dropped.
+    _forwarded: int | None = None
     _trailers = False
     _changed: anyio.Event | None = None
     _gone: anyio.Event | None = None
@@ -209,6 +211,10 @@ class Exchange:
 
     def _lift_deadline(self) -> None:
         """The response is complete: the deadline no longer applies."""
+
+    def _spare_app(self) -> None:
+        """The app answered in its grace period: what it does from now on is not cancelled."""
+        raise NotImplementedError
 
     async def _take_cancellation(self) -> None:
         """In the app's task: let a cancellation already requested land here.
@@ -318,6 +324,7 @@ class Exchange:
         return message
 
     async def send(self, message: Mapping[str, Any]) -> None:
+        forward = True
         deadline = self.deadline
         if deadline is not None and time.monotonic() >= deadline:
             # Whether or not its timer has fired yet: nothing the app sends now reaches the
@@ -331,8 +338,14 @@ class Exchange:
             # HTTP/2 send() never returns): what it sends then goes nowhere. After a deadline
             # the middleware answers: what the app sends goes nowhere either.
             await self._take_cancellation()
-            if self.cause is Cause.DEADLINE or _spec_version(self.scope) < (2, 4):
+            if self.cause is Cause.DEADLINE:
                 return
+            if _spec_version(self.scope) < (2, 4):
+                # Dropped, but followed: a response the app completes is complete for it, and
+                # what it does next is work after the response.
+                if self._forwarded is None:
+                    self._forwarded = self._response
+                forward = False
         before = self._response
         try:
             kind = message["type"]
@@ -349,24 +362,30 @@ class Exchange:
                 self._response = _COMPLETE
         elif kind == "http.response.pathsend":
             self._response = _COMPLETE
+        answered = False
         if self._response == _COMPLETE:
             if self.disconnected:
-                # Told, not yet stopped (a grace period): it answered after all, and what
-                # runs from now on is work after the response.
-                self.stopper.finish()
+                answered = True
             elif self.deadline is not None:
                 self._lift_deadline()
-        # The response counts as complete before the final send returns: a server may report
-        # the disconnect that follows a complete response while that send is still flushing.
-        try:
-            await self._send(message)  # type: ignore[arg-type]
-        except OSError:
-            # ASGI 2.4: send() raises OSError once the client has gone. Cancelled at once,
-            # the app is cancelled here; told first, it gets the server's word.
-            self._response = before
-            self._client_left()
-            await self._take_cancellation()
-            raise
+        if forward:
+            # The response counts as complete before the final send returns: a server may
+            # report the disconnect that follows a complete response while that send is
+            # still flushing.
+            try:
+                await self._send(message)  # type: ignore[arg-type]
+            except OSError:
+                # ASGI 2.4: send() raises OSError once the client has gone. Cancelled at
+                # once, the app is cancelled here; told first, it gets the server's word.
+                self._response = before
+                self._client_left()
+                await self._take_cancellation()
+                raise
+        if answered:
+            # Told, not yet stopped (a grace period): it answered after all, and what runs
+            # from now on is work after the response, neither stopped nor cancelled.
+            self.stopper.finish()
+            self._spare_app()
 
     async def answer_for_the_app(self) -> None:
         """End an exchange whose app was stopped before completing its response.
@@ -378,7 +397,9 @@ class Exchange:
         as an error (Starlette's ``BaseHTTPMiddleware`` raises "No response returned.").
         499 is the status proxies log for a client that closed the request.
         """
-        if self._response != _NONE:
+        # What reached the server, not what the app sent after its client had left.
+        response = self._response if self._forwarded is None else self._forwarded
+        if response != _NONE:
             if self.cause is Cause.DEADLINE:
                 self._cut()
             return

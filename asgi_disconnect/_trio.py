@@ -84,6 +84,9 @@ class TrioExchange(Exchange):
         else:
             self._cancel_scope.cancel()
 
+    def _spare_app(self) -> None:
+        self._cancel_scope.deadline = math.inf  # a grace period's, or a deadline's and its grace
+
     def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
         self._timer_scope = trio.CancelScope(deadline=trio.current_time() + delay)
         trio.lowlevel.spawn_system_task(

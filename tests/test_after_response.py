@@ -7,9 +7,9 @@ from typing import Any
 import anyio
 import pytest
 from apps import Record, read_body, work_until_cancelled
-from communicator import communicate
+from communicator import communicate, http_scope
 
-from asgi_disconnect import DisconnectMiddleware
+from asgi_disconnect import DisconnectMiddleware, wait_disconnected
 from asgi_disconnect._types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +172,31 @@ async def test_receive_after_the_response_still_hands_over_unread_body_first() -
         await c.send_body(b"one", b"two")
         await c.wait()
     assert [message.get("body") for message in received] == [b"one", b"two", None]
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+async def test_an_app_that_answers_in_its_grace_period_is_not_cancelled_after(
+    spec_version: str,
+) -> None:
+    # Told that the client left, the app answers within its grace period after all: what it
+    # does after its response (Starlette's background tasks, in the same task) runs to its
+    # end, past the end of the grace period. Before ASGI 2.4 what it sends now is dropped
+    # (some servers hang on it), and the app's response is complete all the same.
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        await wait_disconnected(scope)
+        await send(START)
+        await send(FINAL_BODY[0])
+        await work_until_cancelled(record, 1.5)  # past the grace period's end
+
+    scope = http_scope(asgi={"version": "3.0", "spec_version": spec_version})
+    async with communicate(DisconnectMiddleware(app, grace_period=1.0), scope) as c:
+        await c.send_body(b"")
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["finished"]
+    assert c.error is None
+    # The server got the app's answer, or (dropped) the middleware's 499 for a client gone.
+    assert c.sent[0]["status"] == (200 if spec_version == "2.4" else 499)

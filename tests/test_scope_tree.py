@@ -156,3 +156,46 @@ async def test_inside_a_scope_of_the_callers(anyio_backend: object, where: Where
     await in_a_new_task(anyio_backend, run)
     assert sorted(events) == sorted(expected(where))
     assert after == [True, True]
+
+
+@pytest.mark.parametrize("grace_period", [0.0, 0.05], ids=["outer-told", "outer-cancelled-first"])
+async def test_a_middleware_inside_another_in_the_same_task(
+    anyio_backend: object, grace_period: float
+) -> None:
+    # A router that calls a sub-app, behind a middleware of its own, with a scope of its own:
+    # the inner middleware serves that request too. With a grace period the outer one is
+    # cancelled first, and its scope goes in first: the inner one's must go below it.
+    events: list[str] = []
+    after: list[object] = []
+
+    async def leaf(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            events.append("leaf cancelled")
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.1)  # clean-up that awaits, past the outer's grace
+            raise
+
+    inner = DisconnectMiddleware(leaf)
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        await inner({k: v for k, v in scope.items() if k != "asgi_disconnect"}, receive, send)
+
+    outer = DisconnectMiddleware(router, grace_period=grace_period)
+    request = Request()
+    request.working.set()
+
+    async def run() -> None:
+        with anyio.CancelScope(deadline=anyio.current_time() + 4) as around:
+            scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+            await outer(scope, request.receive, request.send)
+            after.append(anyio.current_effective_deadline() == around.deadline)
+            around.deadline = anyio.current_time() + 0.01
+            await anyio.sleep(5)
+        after.append(around.cancelled_caught)
+
+    await in_a_new_task(anyio_backend, run)
+    assert events == ["leaf cancelled"]
+    assert after == [True, True]
