@@ -70,8 +70,17 @@ def missing_internals(internals: dict[type, tuple[str, ...]] = INTERNALS) -> lis
         f"{cls.__module__}.{cls.__qualname__}.{name}"
         for cls, names in internals.items()
         for name in names
-        if not hasattr(cls, name)
+        if not _has(cls, name)
     ]
+
+
+def _has(cls: type, name: str) -> bool:
+    if hasattr(cls, name):  # a slot, a method, or an attribute of a class in C
+        return True
+    # A class in Python (asyncio's Task without its C accelerator, as on PyPy) sets its
+    # instances' attributes in __init__.
+    init = getattr(vars(cls).get("__init__"), "__code__", None)
+    return init is not None and name in init.co_names
 
 
 def warn_if_changed(internals: dict[type, tuple[str, ...]] = INTERNALS) -> None:

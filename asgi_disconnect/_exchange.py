@@ -365,7 +365,8 @@ class Exchange:
         answered = False
         if self._response == _COMPLETE:
             if self.disconnected:
-                answered = True
+                # Unless what completes it is the 499 of a middleware inside this one.
+                answered = not self.stopper.standing_in
             elif self.deadline is not None:
                 self._lift_deadline()
         if forward:
@@ -387,7 +388,7 @@ class Exchange:
             self.stopper.finish()
             self._spare_app()
 
-    async def answer_for_the_app(self) -> None:
+    async def answer_for_the_app(self, around: Stop | None = None) -> None:
         """End an exchange whose app was stopped before completing its response.
 
         After a deadline the client is still there: it gets a 504, or, when the response
@@ -396,6 +397,9 @@ class Exchange:
         what wraps the middleware, which may count an app that returns without a response
         as an error (Starlette's ``BaseHTTPMiddleware`` raises "No response returned.").
         499 is the status proxies log for a client that closed the request.
+
+        :param around: the stopper of the request that a middleware around this one serves,
+            if any.
         """
         # What reached the server, not what the app sent after its client had left.
         response = self._response if self._forwarded is None else self._forwarded
@@ -407,11 +411,19 @@ class Exchange:
             start, body = plain_response(504, b"Gateway Timeout\n")
         else:
             start, body = {"type": "http.response.start", "status": 499, "headers": []}, b""
+        # A middleware around this one, in the same request (a router calling a sub-app behind
+        # a middleware of its own), must not take this for its own app's answer: it would
+        # spare that app the end of its grace period.
+        if around is not None:
+            around.standing_in = True
         try:
             await self._send(start)
             await self._send({"type": "http.response.body", "body": body})
         except OSError:
             pass  # ASGI 2.4: the client has gone
+        finally:
+            if around is not None:
+                around.standing_in = False
 
     def _cut(self) -> None:
         """End a response that the deadline interrupted, so that the client sees it cut."""

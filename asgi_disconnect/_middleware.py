@@ -213,7 +213,8 @@ class DisconnectMiddleware:
         try:
             await exchange.run(self._wrapped, app_scope)
             if exchange.phase is not None:
-                await exchange.answer_for_the_app()
+                around = token.old_value
+                await exchange.answer_for_the_app(around if isinstance(around, Stop) else None)
             failed = False
         finally:
             current_stop.reset(token)

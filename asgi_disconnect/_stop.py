@@ -31,9 +31,12 @@ _lock = threading.Lock()
 class Stop:
     """The callbacks to run when one request is stopped."""
 
-    __slots__ = ("_callbacks", "_state", "cancels_statements")
+    __slots__ = ("_callbacks", "_state", "cancels_statements", "standing_in")
 
     def __init__(self, cancels_statements: bool = True) -> None:
+        #: True while a middleware inside the one serving this request sends the 499 that
+        #: stands for no answer (see Exchange.answer_for_the_app).
+        self.standing_in = False
         self._callbacks: dict[StopHandle, Callable[[], object]] | None = None
         self._state = _RUNNING
         #: Whether the integrations cancel this request's database statements.

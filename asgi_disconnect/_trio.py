@@ -78,9 +78,15 @@ class TrioExchange(Exchange):
 
     def _cancel_app(self, delay: float) -> None:
         if delay:
-            self._cancel_scope.deadline = min(
-                self._cancel_scope.deadline, trio.current_time() + delay
-            )
+            now = trio.current_time()
+            when = now + delay
+            if self.deadline is not None:
+                # The scope's deadline is the request's and its grace period: a deadline still
+                # to come cuts this grace period short; one that has passed is what it follows.
+                left = self.deadline - time.monotonic()
+                if left > 0:
+                    when = min(when, now + left)
+            self._cancel_scope.deadline = min(self._cancel_scope.deadline, when)
         else:
             self._cancel_scope.cancel()
 

@@ -200,3 +200,31 @@ async def test_an_app_that_answers_in_its_grace_period_is_not_cancelled_after(
     assert c.error is None
     # The server got the app's answer, or (dropped) the middleware's 499 for a client gone.
     assert c.sent[0]["status"] == (200 if spec_version == "2.4" else 499)
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+async def test_a_499_from_a_middleware_inside_is_no_answer_of_the_apps(
+    spec_version: str,
+) -> None:
+    # A router calls a sub-app behind a middleware of its own, with a scope of its own, then
+    # works on: the inner middleware's 499 for the sub-app it cancelled is not the router's
+    # answer, and the outer grace period still ends the router's work.
+    record = Record()
+
+    async def leaf(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, Record())
+        await work_until_cancelled(Record())
+
+    inner = DisconnectMiddleware(leaf)
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        await inner({k: v for k, v in scope.items() if k != "asgi_disconnect"}, receive, send)
+        await work_until_cancelled(record)
+
+    scope = http_scope(asgi={"version": "3.0", "spec_version": spec_version})
+    async with communicate(DisconnectMiddleware(router, grace_period=0.2), scope) as c:
+        await c.send_body(b"")
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["cancelled"]
+    assert [m.get("status") for m in c.sent if m["type"] == "http.response.start"] == [499]

@@ -69,3 +69,13 @@ def test_a_changed_anyio_is_named_in_a_warning() -> None:
     ]
     with pytest.warns(RuntimeWarning, match=r"missing: .*ChangedScope\._host_task\): cancelling"):
         _asyncio.warn_if_changed(internals)
+
+
+def test_a_task_class_in_python_has_what_it_sets_in_init() -> None:
+    # asyncio's Task without its C accelerator (PyPy, or CPython built without _asyncio)
+    # sets its attributes in __init__, where the class itself does not show them.
+    py_task = asyncio.tasks._PyTask  # type: ignore[attr-defined]
+    assert _asyncio.missing_internals({py_task: ("_fut_waiter", "_must_cancel")}) == []
+    assert _asyncio.missing_internals({py_task: ("_no_such_thing",)}) == [
+        "asyncio.tasks.Task._no_such_thing"
+    ]

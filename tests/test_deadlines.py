@@ -21,6 +21,7 @@ from asgi_disconnect import (
     DisconnectMiddleware,
     Phase,
     is_disconnected,
+    on_stop,
     time_left,
     wait_disconnected,
 )
@@ -695,3 +696,27 @@ def test_a_loop_clock_that_lags_never_brings_the_deadline_forward() -> None:
     finally:
         loop.close()
     assert stopped[0] >= 0
+
+
+async def test_a_deadline_cuts_short_the_grace_period_of_a_client_that_left() -> None:
+    # The client leaves long before the deadline, the grace period would run long past it:
+    # the app is cancelled at the deadline, on both loops, and what it might answer later
+    # would reach nobody (nor may it be spared for it).
+    record = Record()
+    stopped: list[float] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        on_stop(lambda: stopped.append(time.monotonic()))
+        await wait_disconnected(scope)
+        await work_until_cancelled(record, BUDGET * 10)  # well past the deadline
+        await respond(send)
+
+    middleware = DisconnectMiddleware(app, timeout=BUDGET * 2, grace_period=FOREVER)
+    async with communicate(middleware) as c:
+        await c.send_body(b"")
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["cancelled"]  # before its work's end: at the deadline
+    assert len(stopped) == 1
+    assert c.sent[0]["status"] == 499
