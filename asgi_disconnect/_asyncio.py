@@ -489,7 +489,7 @@ class AsyncioExchange(Exchange):
 
     def _spare_app(self) -> None:
         cancel_scope = self._cancel_scope
-        if cancel_scope is not None and not cancel_scope.cancel_called:
+        if cancel_scope is not None:  # None: it was told, and never to be cancelled
             cancel_scope.deadline = math.inf  # and the grace period's timer with it
 
     async def _take_cancellation(self) -> None:

@@ -228,3 +228,23 @@ async def test_a_499_from_a_middleware_inside_is_no_answer_of_the_apps(
         await c.wait()
     assert record.events == ["cancelled"]
     assert [m.get("status") for m in c.sent if m["type"] == "http.response.start"] == [499]
+
+
+async def test_an_app_that_hears_its_client_leave_and_answers_anyway_runs_on() -> None:
+    # It reads the disconnect itself after its body (told, never to be cancelled), answers
+    # all the same, and works on after its response: nothing cancels that work.
+    record = Record()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, record)
+        assert (await receive())["type"] == "http.disconnect"
+        await send(START)
+        await send(FINAL_BODY[0])
+        await work_until_cancelled(record, 0.2)
+
+    async with communicate(DisconnectMiddleware(app)) as c:
+        await c.send_body(b"")
+        await c.disconnect()
+        await c.wait()
+    assert record.events == ["finished"]
+    assert c.error is None
