@@ -27,10 +27,23 @@ import anyio
 from ._exchange import LISTENING_READERS, SCOPE_KEY, STOPPING_READERS, Exchange
 from ._types import AppScope, AppSend, Receive, WrappedApp
 
+
+class _Request:
+    """What the middleware must finish for Django < 5, for a request it cancelled."""
+
+    __slots__ = ("exchange", "finished", "handler")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        #: The handler that sent ``request_started``, to send ``request_finished`` as.
+        self.handler: Any = None
+        self.finished = False
+
+
 # The request being served, as Django's threads see it (Django < 5 only). In a list emptied when
 # the request ends: copies of the context outlive it (a cancelled timer keeps its context
 # until its time comes), and must not keep the request's state alive.
-_current: ContextVar[list[Exchange] | None] = ContextVar("asgi_disconnect_exchange", default=None)
+_current: ContextVar[list[_Request] | None] = ContextVar("asgi_disconnect_django", default=None)
 
 
 def note_readers() -> None:
@@ -85,13 +98,14 @@ def _started_listening(sender: Any, scope: Any = None, **kwargs: Any) -> None:
 def _started(sender: Any, scope: Any = None, **kwargs: Any) -> None:
     # Django < 5, in its thread for the request, before it creates the request.
     exchange = _exchange_of(scope)
-    if exchange is not None:
-        exchange.django_handler = sender
+    for request in _current.get() or ():
+        if request.exchange is exchange:
+            request.handler = sender
 
 
 def _finished(sender: Any, **kwargs: Any) -> None:
-    for exchange in _current.get() or ():
-        exchange.django_finished = True
+    for request in _current.get() or ():
+        request.finished = True
 
 
 class _FinishOnCancel:
@@ -110,7 +124,7 @@ class _FinishOnCancel:
         # Django's own context, entered first, so that it outlives Django's handler:
         # request_finished must run in the thread that holds the request's connections.
         async with ThreadSensitiveContext():
-            current = [exchange]
+            current = [_Request(exchange)]
             token = _current.set(current)
             try:
                 try:
@@ -124,7 +138,7 @@ class _FinishOnCancel:
                 try:
                     # Shielded: the clean-up runs to its end, then the cancellation goes on.
                     with anyio.CancelScope(shield=True):
-                        await sync_to_async(_finish, thread_sensitive=True)(exchange, left)
+                        await sync_to_async(_finish, thread_sensitive=True)(current[0], left)
                     raise cancelled
                 finally:
                     del cancelled, left
@@ -144,7 +158,7 @@ def _locals_in(traceback: TracebackType | None, codes: tuple[CodeType, ...]) -> 
     return found
 
 
-def _finish(exchange: Exchange, left: dict[str, Any]) -> None:
+def _finish(request: _Request, left: dict[str, Any]) -> None:
     # In the request's thread, after whatever still runs there (a sync view cannot be
     # cancelled, and may yet read its body).
     from django.core.signals import request_finished
@@ -154,8 +168,8 @@ def _finish(exchange: Exchange, left: dict[str, Any]) -> None:
         # Cancelled mid-stream: closing the response closes what it sends (a file) and the
         # request, and fires request_finished.
         response.close()
-    if exchange.django_handler is not None and not exchange.django_finished:
-        request_finished.send(sender=exchange.django_handler)
+    if request.handler is not None and not request.finished:
+        request_finished.send(sender=request.handler)
     # The request closes its body file and its uploads; before it exists, the body file is
     # all there is.
     closable = left.get("request") or left.get("body_file")

@@ -156,9 +156,6 @@ class Exchange:
     cause = Cause.CLIENT_LEFT
     #: When the request's time is up, on ``time.monotonic()``'s clock; None for never.
     deadline: float | None = None
-    # Django < 5: what the middleware must finish for it (see _django.py).
-    django_handler: Any = None
-    django_finished = False
 
     def __init__(
         self,

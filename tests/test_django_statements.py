@@ -122,6 +122,14 @@ def site(postgres: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
         yield site
 
 
+@pytest.fixture(scope="module")
+def psycopg2_site(postgres: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    pytest.importorskip("psycopg2")
+    tmp = tmp_path_factory.mktemp("psycopg2-site")
+    with serve(tmp, postgres, SERVED_POSTGRES_DRIVER="psycopg2") as site:
+        yield site
+
+
 def assert_nothing_logged(site: Site) -> None:
     output = site.server.output()
     assert site.server.errors() == [], output
@@ -142,6 +150,46 @@ def test_the_statement_of_a_request_whose_client_left_is_cancelled(site: Site, v
     assert wait_for(lambda: site.events.count("request_finished") == finished + 1)
     assert "finished" not in site.events.of(rid)
     assert_nothing_logged(site)
+
+
+@pytest.mark.servers
+def test_the_async_orms_statement_of_a_request_whose_client_left_is_cancelled(site: Site) -> None:
+    finished = site.events.count("request_finished")
+    rid, gone_after = site.leave_while_running("/statement-orm")
+    LATENCIES.setdefault("statement-orm", []).append(gone_after)
+    assert gone_after < 0.3
+    # Django cancels the view's coroutine itself: the statement's error stays in its thread.
+    assert wait_for(lambda: site.events.count("request_finished") == finished + 1)
+    assert "finished" not in site.events.of(rid)
+    assert_answered_by_the_orm(site)
+    assert_nothing_logged(site)
+
+
+def assert_answered_by_the_orm(site: Site) -> None:
+    rid = new_id("st")
+    sock = site.open("/statement-orm?seconds=0.01", rid)
+    try:
+        assert response_of(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        sock.close()
+    site.events.wait(rid, "finished")
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("view", ["statement-sync", "statement-async", "statement-orm"])
+def test_with_psycopg2_the_statement_of_a_request_whose_client_left_is_cancelled(
+    psycopg2_site: Site, view: str
+) -> None:
+    rid, gone_after = psycopg2_site.leave_while_running(f"/{view}")
+    LATENCIES.setdefault(f"{view} psycopg2", []).append(gone_after)
+    assert gone_after < 0.3
+    events = psycopg2_site.events
+    assert "driver:psycopg2" in events.of(rid)
+    if view != "statement-orm":  # there, Django's cancellation of the view takes its place
+        events.wait(rid, "statement-failed")
+    assert "finished" not in events.of(rid)
+    assert_answered_by_the_orm(psycopg2_site)
+    assert_nothing_logged(psycopg2_site)
 
 
 @pytest.mark.servers
@@ -253,7 +301,7 @@ def test_under_load_only_the_statements_of_abandoned_requests_are_cancelled(
     if django.VERSION < (5, 1):
         pytest.skip("Django's connection pool needs Django >= 5.1")
     pytest.importorskip("psycopg_pool")
-    requests = 120
+    requests = 200
     rng = random.Random(19)
     with serve(tmp_path, postgres, SERVED_POSTGRES_POOL="5") as site:
         answers: dict[str, bytes] = {}

@@ -196,10 +196,11 @@ def pg_running(engine: Engine) -> int:
     return int(row[0])
 
 
-@pytest.fixture
-def pg_engine(postgres: int) -> Iterator[Engine]:
+@pytest.fixture(params=["psycopg", "psycopg2"])
+def pg_engine(postgres: int, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    pytest.importorskip(request.param)
     engine = create_engine(
-        f"postgresql+psycopg://postgres@127.0.0.1:{postgres}/postgres",
+        f"postgresql+{request.param}://postgres@127.0.0.1:{postgres}/postgres",
         pool_size=1,
         max_overflow=0,
         pool_timeout=5,

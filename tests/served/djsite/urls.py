@@ -20,5 +20,6 @@ urlpatterns = [
     path("download", views.download),
     path("statement-sync", views.statement_sync),
     path("statement-async", views.statement_async),
+    path("statement-orm", views.statement_orm),
     path("statement-after", views.statement_after),
 ]

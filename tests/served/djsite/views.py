@@ -9,11 +9,13 @@ from typing import BinaryIO
 import anyio
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection, transaction
+from django.db.models.expressions import RawSQL
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 
 from asgi_disconnect import is_disconnected, wait_disconnected
 
 from .._common import FOREVER, record, recorded, request_id
+from .models import Mark
 
 
 def rid_of(request: HttpRequest) -> str:
@@ -151,6 +153,7 @@ def statements(rid: str, seconds: float, count: int = 1) -> None:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("INSERT INTO marks VALUES (%s)", [rid])
+            record(rid, f"driver:{connection.Database.__name__}")
             record(rid, "started")
             for _ in range(count):
                 cursor.execute(long_statement(rid, seconds))
@@ -174,6 +177,21 @@ def statement_sync(request: HttpRequest) -> HttpResponse:
 async def statement_async(request: HttpRequest) -> HttpResponse:
     seconds = float(request.GET.get("seconds", "10"))
     await sync_to_async(statements)(rid_of(request), seconds)
+    return HttpResponse("done")
+
+
+async def statement_orm(request: HttpRequest) -> HttpResponse:
+    """The async ORM, which runs each query in a thread: one that sleeps on the server."""
+    rid = rid_of(request)
+    seconds = float(request.GET.get("seconds", "10"))
+    await Mark.objects.acreate(rid=rid)
+    record(rid, f"driver:{connection.Database.__name__}")
+    record(rid, "started")
+    slow = Mark.objects.filter(rid=rid).annotate(
+        slept=RawSQL(f"pg_sleep(%s) IS NULL /* id={rid} */", (seconds,))
+    )
+    await slow.afirst()
+    record(rid, "finished")
     return HttpResponse("done")
 
 
