@@ -8,7 +8,7 @@ from django.db import models
 class Mark(models.Model):
     """A row of the ``marks`` table that the statement tests create (not migrated)."""
 
-    rid = models.CharField(max_length=100, primary_key=True)
+    rid: models.CharField[str, str] = models.CharField(max_length=100, primary_key=True)
 
     objects: ClassVar[models.Manager[Mark]] = models.Manager()
 

@@ -135,6 +135,11 @@ async def grace(request: HttpRequest) -> HttpResponse:
     return HttpResponse("done")
 
 
+def driver() -> str:
+    """The DB-API module Django runs on: psycopg, psycopg2 or sqlite3."""
+    return str(getattr(connection, "Database").__name__)  # noqa: B009 (not in django-stubs)
+
+
 def long_statement(rid: str, seconds: float) -> str:
     """A statement that runs ``seconds`` on the server, which names its request."""
     if connection.vendor == "postgresql":
@@ -153,7 +158,7 @@ def statements(rid: str, seconds: float, count: int = 1) -> None:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("INSERT INTO marks VALUES (%s)", [rid])
-            record(rid, f"driver:{connection.Database.__name__}")
+            record(rid, f"driver:{driver()}")
             record(rid, "started")
             for _ in range(count):
                 cursor.execute(long_statement(rid, seconds))
@@ -185,7 +190,7 @@ async def statement_orm(request: HttpRequest) -> HttpResponse:
     rid = rid_of(request)
     seconds = float(request.GET.get("seconds", "10"))
     await Mark.objects.acreate(rid=rid)
-    record(rid, f"driver:{connection.Database.__name__}")
+    record(rid, f"driver:{driver()}")
     record(rid, "started")
     slow = Mark.objects.filter(rid=rid).annotate(
         slept=RawSQL(f"pg_sleep(%s) IS NULL /* id={rid} */", (seconds,))
