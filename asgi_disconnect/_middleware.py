@@ -23,6 +23,7 @@ from ._exchange import (
     Ticker,
     plain_response,
 )
+from ._otel import record as record_on_span
 from ._quart import note_readers as note_quart_readers
 from ._sqlalchemy import hook_if_imported
 from ._stop import Stop, StopHandle, run_callback
@@ -210,19 +211,27 @@ class DisconnectMiddleware:
         )
         app_scope = {**scope, SCOPE_KEY: exchange}
         failed = True
+        disconnect = None
         try:
             await exchange.run(self._wrapped, app_scope)
             if exchange.phase is not None:
+                disconnect = Disconnect(
+                    app_scope, exchange.phase, exchange.left_after, exchange.cause
+                )
+                # Before the answer: OpenTelemetry's middleware ends its span on the last
+                # message of a response.
+                record_on_span(disconnect)
                 around = token.old_value
                 await exchange.answer_for_the_app(around if isinstance(around, Stop) else None)
             failed = False
         finally:
             current_stop.reset(token)
-            disconnect = None
             if exchange.phase is not None:
-                disconnect = Disconnect(
-                    app_scope, exchange.phase, exchange.left_after, exchange.cause
-                )
+                if disconnect is None:  # the app raised: nothing is sent for it
+                    disconnect = Disconnect(
+                        app_scope, exchange.phase, exchange.left_after, exchange.cause
+                    )
+                    record_on_span(disconnect)
                 if failed:
                     # What the app raised goes on: a cancellation from around the middleware
                     # that meets an async on_disconnect's await must not take its place.
@@ -283,13 +292,15 @@ class DisconnectMiddleware:
     async def _too_late(self, scope: Scope, send: Send) -> None:
         # The proxy kept the request waiting past its deadline: whoever asked has stopped
         # waiting, or is about to. Nothing is read or run for it.
+        disconnect = Disconnect(scope, Phase.QUEUED, 0.0, Cause.DEADLINE)
+        record_on_span(disconnect)  # before the response, which ends OpenTelemetry's span
         start, body = plain_response(503, b"Service Unavailable\n")
         try:
             await send(start)
             await send({"type": "http.response.body", "body": body})
         except OSError:
             pass  # ASGI 2.4: the client has gone already
-        await self._report(Disconnect(scope, Phase.QUEUED, 0.0, Cause.DEADLINE))
+        await self._report(disconnect)
 
     def _excluded(self, scope: Scope) -> bool:
         if self._prefixes:

@@ -156,3 +156,25 @@ async def test_prometheus_counts_abandoned_requests_by_route_and_the_work_saved(
     prometheus_metrics.ABANDONED.clear()
     prometheus_metrics.SAVED.clear()
     prometheus_metrics.completed.clear()
+
+
+async def test_the_opentelemetry_example_records_a_client_that_left_in_its_span(
+    anyio_backend: str,
+) -> None:
+    pytest.importorskip("opentelemetry.instrumentation.asgi")
+    import opentelemetry_tracing
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    opentelemetry_tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    scope = http_scope(method="GET", path="/report", query_string=b"seconds=30")
+    async with communicate(opentelemetry_tracing.app, scope) as c:
+        await c.send_body(b"")
+        await anyio.sleep(0.05)
+        await c.disconnect()
+        await c.wait()
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [event.name for event in span.events] == ["asgi_disconnect.stopped"]
+    assert span.attributes is not None and span.attributes["error.type"] == "client_left"
