@@ -6,9 +6,10 @@ OpenTelemetry's ASGI middleware goes around ``DisconnectMiddleware``: its span t
 the whole request, the middleware's own answers (a 504 at the deadline) included, and is the
 current span when the middleware stops a request. That span gets an event,
 ``asgi_disconnect.stopped`` (with the cause, the phase and the seconds into the request), and
-``error.type = "client_left"`` for a client that left. Instrumentation inside the middleware
-(``FastAPIInstrumentor``, which adds its middleware to the app) ends its span as the app is
-cancelled, before the middleware can say why.
+``error.type`` (``client_left`` or ``deadline``). ``FastAPIInstrumentor`` does the same for a
+FastAPI app that added ``DisconnectMiddleware`` with ``add_middleware()``; instrumentation
+inside the middleware (an app instrumented, then wrapped in ``DisconnectMiddleware(app)``)
+ends its span as the app is cancelled, before the middleware can say why.
 
 The spans are printed to the console here; point an OTLP exporter at your collector instead.
 """

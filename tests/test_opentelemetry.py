@@ -16,7 +16,13 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanKind,
+    StatusCode,
+    use_span,
+)
 
 from asgi_disconnect import Disconnect, DisconnectMiddleware, Receive, Scope, Send
 from asgi_disconnect._exchange import Phase
@@ -82,8 +88,77 @@ async def test_the_span_of_a_request_past_its_deadline_records_it_and_its_504(
     assert dict(event.attributes or {})["asgi_disconnect.cause"] == "deadline"
     assert span.attributes is not None
     assert span.attributes["http.status_code"] == 504
-    assert "error.type" not in span.attributes or span.attributes["error.type"] == "504"
+    assert span.attributes["error.type"] == "deadline"
     assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_a_stream_cut_at_its_deadline_is_an_error_of_the_span_though_it_began_200(
+    anyio_backend: object, exporter: InMemorySpanExporter
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+            await anyio.sleep(0.01)
+
+    async with communicate(traced(DisconnectMiddleware(app, timeout=0.05), exporter)) as c:
+        await c.send_body(b"")
+        await c.wait()
+    span = server_span(exporter)
+    assert span.attributes is not None
+    assert span.attributes["http.status_code"] == 200
+    assert span.attributes["error.type"] == "deadline"
+    assert span.status.status_code is StatusCode.ERROR
+    assert [dict(e.attributes or {})["asgi_disconnect.phase"] for e in span.events] == ["streaming"]
+
+
+class FailingSpan(NonRecordingSpan):
+    """A span of an OpenTelemetry implementation that fails to record an event."""
+
+    def is_recording(self) -> bool:
+        return True
+
+    def add_event(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("the span failed")
+
+
+async def test_a_span_that_fails_to_record_is_logged_and_takes_nothing_s_place(
+    anyio_backend: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    def under_a_failing_span(app: Any) -> Any:
+        async def traced_app(scope: Scope, receive: Receive, send: Send) -> None:
+            with use_span(FailingSpan(INVALID_SPAN_CONTEXT), end_on_exit=False):
+                await app(scope, receive, send)
+
+        return traced_app
+
+    async def raising(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await anyio.sleep(30)
+        finally:
+            raise ValueError("the app's own")
+
+    reports: list[Disconnect] = []
+    middleware = DisconnectMiddleware(slow_app(Record()), on_disconnect=reports.append)
+    async with communicate(under_a_failing_span(middleware), http_scope()) as c:
+        await c.send_body(b"")
+        await anyio.sleep(0.05)
+        await c.disconnect()
+        await c.wait()
+    assert c.error is None
+    assert c.sent[0]["status"] == 499  # the answer for what wraps the middleware
+    assert len(reports) == 1
+    async with communicate(under_a_failing_span(DisconnectMiddleware(raising))) as c:
+        await c.send_body(b"")
+        await anyio.sleep(0.05)
+        await c.disconnect()
+        await c.wait()
+    assert isinstance(c.error, ValueError)
+    failures = [r for r in caplog.records if r.getMessage().startswith("recording the stop")]
+    assert len(failures) == 2
+    assert all(isinstance(r.exc_info and r.exc_info[1], RuntimeError) for r in failures)
 
 
 async def test_the_span_of_a_request_whose_client_stays_is_what_it_is_bare(
