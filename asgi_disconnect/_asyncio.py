@@ -16,12 +16,10 @@ again from then on, as ``asyncio.timeout()`` is once it has fired.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import math
 import sys
 import time
-import warnings
 from asyncio import AbstractEventLoop, CancelledError, Task, current_task
 from collections.abc import Callable
 from types import TracebackType
@@ -33,11 +31,13 @@ from typing import Any
 # anyio tells its own CancelledError. anyio's public CancelScope() builds this class.
 from anyio._backends._asyncio import CancelScope, TaskState, _task_states, is_anyio_cancellation
 
-from ._exchange import TICK, Exchange, Ticker
+from ._exchange import TICK, Exchange
+from ._portable import PortableTicker
 from ._types import AppScope, WrappedApp
 
 #: Every private attribute this module reads or sets, of anyio's and asyncio's classes. They
-#: are checked when the module is imported (see missing_internals()).
+#: are checked when the middleware is imported: if one is missing, the portable path is used
+#: instead (see _portable.py).
 INTERNALS: dict[type, tuple[str, ...]] = {
     CancelScope: (
         "_active",
@@ -64,8 +64,11 @@ INTERNALS: dict[type, tuple[str, ...]] = {
 }
 
 
-def missing_internals(internals: dict[type, tuple[str, ...]] = INTERNALS) -> list[str]:
-    """The private attributes used here that the installed anyio or asyncio lacks."""
+def missing_internals(internals: dict[type, tuple[str, ...]] | None = None) -> list[str]:
+    """The private attributes used here (or in ``internals``) that the installed anyio or
+    asyncio lacks."""
+    if internals is None:
+        internals = INTERNALS
     return [
         f"{cls.__module__}.{cls.__qualname__}.{name}"
         for cls, names in internals.items()
@@ -81,26 +84,6 @@ def _has(cls: type, name: str) -> bool:
     # instances' attributes in __init__.
     init = getattr(vars(cls).get("__init__"), "__code__", None)
     return init is not None and name in init.co_names
-
-
-def warn_if_changed(internals: dict[type, tuple[str, ...]] = INTERNALS) -> None:
-    missing = missing_internals(internals)
-    if missing:
-        from importlib.metadata import version
-
-        # Loud, never silently wrong: the cancellation would fail, or misbehave, mid-request.
-        warnings.warn(
-            "asgi_disconnect relies on private parts of anyio's and asyncio's tasks, which "
-            f"this anyio ({version('anyio')}) or Python has changed (missing: "
-            f"{', '.join(missing)}): cancelling a request on asyncio will fail or misbehave; "
-            "pin anyio to the release this asgi_disconnect was tested with, or upgrade "
-            "asgi_disconnect",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-warn_if_changed()
 
 
 def _cancellation_pending(task: Task[Any]) -> bool:
@@ -501,20 +484,5 @@ class AsyncioExchange(Exchange):
             await asyncio.sleep(0)
 
 
-class AsyncioTicker(Ticker):
-    loop: AbstractEventLoop
+class AsyncioTicker(PortableTicker):
     exchange_class = AsyncioExchange
-
-    def __init__(self, loop: AbstractEventLoop) -> None:
-        super().__init__(loop)
-        # The timer runs in a context of its own. Armed by a request, it would otherwise run
-        # in a copy of that request's context, and keep it alive for as long as load lasts.
-        self._context = contextvars.Context()
-
-    def _arm(self) -> None:
-        self.loop.call_later(TICK, self._on_timer, context=self._context)
-
-    def _on_timer(self) -> None:
-        self._tick()
-        if self._armed:
-            self._arm()

@@ -10,7 +10,6 @@ from typing import Any, cast
 
 from anyio import get_cancelled_exc_class
 
-from ._asyncio import AsyncioTicker
 from ._deadline import Timeout, check_seconds, header_name, header_timeout, queued_for, timeout_for
 from ._django import attach
 from ._django import note_readers as note_django_readers
@@ -24,6 +23,7 @@ from ._exchange import (
     plain_response,
 )
 from ._otel import record as record_on_span
+from ._portable import asyncio_ticker_class
 from ._quart import note_readers as note_quart_readers
 from ._sqlalchemy import hook_if_imported
 from ._stop import Stop, StopHandle, run_callback
@@ -372,9 +372,13 @@ _DESCRIPTIONS = {
 }
 
 
+#: Checked once, at import: the fast path, or the portable one with a warning.
+_AsyncioTicker = asyncio_ticker_class()
+
+
 def _ticker_for(loop: object) -> Ticker:
     if isinstance(loop, AbstractEventLoop):
-        return AsyncioTicker(loop)
+        return _AsyncioTicker(loop)
     from ._trio import TrioTicker
 
     return TrioTicker(loop)

@@ -3,11 +3,13 @@ from __future__ import annotations
 import statistics
 import sys
 
+import portable
 import pytest
 import watching
 from backends import ALL
 
 WATCHING_AT_ONCE = watching.from_environment()
+PORTABLE = portable.from_environment()
 
 # The peers' plugins and launcher (run by test_peer_suites.py inside the peers' own runs).
 collect_ignore = ["peers"]
@@ -19,7 +21,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
 
 
 def pytest_report_header() -> list[str]:
-    return ["watchers: started at once"] if WATCHING_AT_ONCE else []
+    header = ["watchers: started at once"] if WATCHING_AT_ONCE else []
+    return header + (["asyncio: the portable path"] if PORTABLE else [])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

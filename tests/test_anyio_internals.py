@@ -1,18 +1,21 @@
 """The private parts of anyio and asyncio that the middleware uses on asyncio, by name.
 
 When an anyio or Python release renames or drops one, this fails naming it, and the
-middleware warns at import rather than fail or misbehave in the middle of a request.
+middleware warns at import and takes its portable path (``_portable.py``, public API only)
+rather than fail or misbehave in the middle of a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import warnings
 
+import portable
 import pytest
 from anyio._backends import _asyncio as anyio_asyncio
 
-from asgi_disconnect import _asyncio
+from asgi_disconnect import _asyncio, _middleware, _portable
 
 EXPECTED = {
     "CancelScope": [
@@ -53,22 +56,37 @@ def test_every_private_attribute_used_is_named_and_there() -> None:
     assert _asyncio.missing_internals() == []
 
 
-def test_what_is_there_warns_nothing() -> None:
+def test_what_is_there_takes_the_fast_path_and_warns_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _asyncio.warn_if_changed()
+        assert _portable.asyncio_ticker_class() is _asyncio.AsyncioTicker
 
 
-def test_a_changed_anyio_is_named_in_a_warning() -> None:
+def test_a_changed_anyio_is_named_in_a_warning_and_takes_the_portable_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class ChangedScope:  # an anyio that renamed one attribute
         _active = False
 
     internals: dict[type, tuple[str, ...]] = {ChangedScope: ("_active", "_host_task")}
     assert _asyncio.missing_internals(internals) == [
-        f"{__name__}.test_a_changed_anyio_is_named_in_a_warning.<locals>.ChangedScope._host_task"
+        f"{__name__}.test_a_changed_anyio_is_named_in_a_warning_and_takes_the_portable_path"
+        ".<locals>.ChangedScope._host_task"
     ]
-    with pytest.warns(RuntimeWarning, match=r"missing: .*ChangedScope\._host_task\): cancelling"):
-        _asyncio.warn_if_changed(internals)
+    monkeypatch.setattr(_asyncio, "INTERNALS", internals)
+    match = r"missing: .*ChangedScope\._host_task\): it falls back"
+    with pytest.warns(RuntimeWarning, match=match):
+        assert _portable.asyncio_ticker_class() is _portable.PortableTicker
+
+
+def test_an_anyio_without_a_private_name_takes_the_portable_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An anyio whose asyncio backend no longer has the names imported from it.
+    monkeypatch.delattr(anyio_asyncio, "_task_states")
+    monkeypatch.delitem(sys.modules, "asgi_disconnect._asyncio")
+    with pytest.warns(RuntimeWarning, match=r"missing: cannot import name '_task_states'"):
+        assert _portable.asyncio_ticker_class() is _portable.PortableTicker
 
 
 def test_a_task_class_in_python_has_what_it_sets_in_init() -> None:
@@ -79,3 +97,8 @@ def test_a_task_class_in_python_has_what_it_sets_in_init() -> None:
     assert _asyncio.missing_internals({py_task: ("_no_such_thing",)}) == [
         "asyncio.tasks.Task._no_such_thing"
     ]
+
+
+def test_the_path_this_run_takes() -> None:
+    expected = _portable.PortableTicker if portable.ACTIVE else _asyncio.AsyncioTicker
+    assert _middleware._AsyncioTicker is expected

@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCI
 REQUESTS = 200
 
 
+@pytest.mark.fast_path  # delivered once: the session's clean-up awaits
 async def test_sessions_of_abandoned_requests_return_their_connections(tmp_path: Path) -> None:
     engine = create_async_engine(
         f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}",

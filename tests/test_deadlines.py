@@ -14,6 +14,7 @@ import pytest
 from apps import FOREVER, Record, read_body, respond, work_until_cancelled
 from backends import is_trio
 from communicator import communicate, http_scope
+from portable import seen_deadline
 
 from asgi_disconnect import (
     Cause,
@@ -50,8 +51,8 @@ class Clock:
         self.deadline = math.nan
         self.stopped = math.nan
 
-    def start(self) -> None:
-        self.deadline = anyio.current_effective_deadline()
+    def start(self, scope: Scope) -> None:
+        self.deadline = seen_deadline(scope)
 
     def stop(self) -> None:
         self.stopped = anyio.current_time()
@@ -59,7 +60,7 @@ class Clock:
 
 def worker(record: Record, clock: Clock, *, read: bool = True) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        clock.start()
+        clock.start(scope)
         if read:
             await read_body(receive, record)
         record.started.set()
@@ -74,7 +75,7 @@ def worker(record: Record, clock: Clock, *, read: bool = True) -> Any:
 
 def streamer(record: Record, clock: Clock, chunks: int = 2) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        clock.start()
+        clock.start(scope)
         await read_body(receive, record)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for _ in range(chunks):
@@ -230,7 +231,7 @@ async def test_a_shielded_section_finishes_and_the_504_follows(anyio_backend: ob
     record, clock = Record(), Clock()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        clock.start()
+        clock.start(scope)
         await read_body(receive, record)
         with anyio.CancelScope(shield=True):
             await anyio.sleep(BUDGET * 2)
@@ -250,7 +251,7 @@ async def test_a_listening_app_is_told_first_and_the_504_follows(anyio_backend: 
     record, clock = Record(), Clock()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        clock.start()
+        clock.start(scope)
         await read_body(receive, record)
         try:
             message = await receive()  # listens for the disconnect, as Django >= 5 does
@@ -276,7 +277,7 @@ async def test_a_grace_period_follows_the_deadline(anyio_backend: object) -> Non
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         times["start"] = anyio.current_time()
-        times["visible"] = anyio.current_effective_deadline()
+        times["visible"] = seen_deadline(scope)
         await read_body(receive, record)
         await wait_disconnected(scope)
         times["told"] = anyio.current_time()
@@ -299,6 +300,7 @@ async def test_a_grace_period_follows_the_deadline(anyio_backend: object) -> Non
     assert times["cancelled"] >= deadline + BUDGET * 0.9
 
 
+@pytest.mark.fast_path  # the portable path keeps the deadline out of anyio's scope
 async def test_the_deadline_is_visible_to_async_code_and_to_threads() -> None:
     seen: dict[str, float] = {}
 
@@ -341,7 +343,7 @@ async def test_a_callable_gives_each_route_its_budget() -> None:
     deadlines: dict[str, float] = {}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        deadlines[scope["path"]] = anyio.current_effective_deadline()
+        deadlines[scope["path"]] = seen_deadline(scope)
         await receive()
         with anyio.move_on_after(BUDGET * 3):
             await anyio.sleep(FOREVER)
@@ -720,3 +722,59 @@ async def test_a_deadline_cuts_short_the_grace_period_of_a_client_that_left() ->
     assert record.events == ["cancelled"]  # before its work's end: at the deadline
     assert len(stopped) == 1
     assert c.sent[0]["status"] == 499
+
+
+def test_on_uvloop_every_request_past_its_deadline_is_answered_504() -> None:
+    # uvloop's clock lags time.monotonic() and its timers round to the millisecond: one that
+    # fires early must wait again, never leave the app cancelled unanswered.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await asyncio.sleep(0.0212)  # past its 20 ms by a little more than a millisecond
+        await respond(send)
+
+    async def main() -> list[object]:
+        middleware = DisconnectMiddleware(app, timeout=0.02)
+        statuses = []
+        for _ in range(300):
+            async with communicate(middleware) as c:
+                await c.send_body(b"")
+                await c.wait()
+            statuses.append(c.sent[0]["status"] if c.sent else None)
+        return statuses
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert set(loop.run_until_complete(main())) == {504}
+    finally:
+        loop.close()
+
+
+def test_on_uvloop_a_deadline_gives_the_app_its_whole_grace_period() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    told_to_cancelled: list[float] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await wait_disconnected(scope)
+        told = time.monotonic()
+        try:
+            await anyio.sleep(FOREVER)
+        finally:
+            told_to_cancelled.append(time.monotonic() - told)
+
+    async def main() -> None:
+        middleware = DisconnectMiddleware(app, timeout=0.02, grace_period=0.1)
+        for _ in range(10):
+            async with communicate(middleware) as c:
+                await c.send_body(b"")
+                await c.wait()
+            assert c.sent == GATEWAY_TIMEOUT
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert min(told_to_cancelled) >= 0.09  # uvloop's timers round to the millisecond

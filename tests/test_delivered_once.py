@@ -32,7 +32,11 @@ from backends import ASYNCIO
 from asgi_disconnect import DisconnectMiddleware
 from asgi_disconnect._types import Message, Receive, Scope, Send
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ASYNCIO),
+    pytest.mark.fast_path,  # the portable path delivers at every await, as anyio does
+]
 
 #: For the cases where the app's own scope delivers the middleware's cancellation.
 ON_310 = pytest.mark.xfail(

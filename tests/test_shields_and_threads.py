@@ -58,6 +58,7 @@ async def test_a_shielded_section_holds_and_the_cancellation_lands_at_the_next_a
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@pytest.mark.fast_path  # delivered once
 async def test_asyncio_shield_lets_the_shielded_work_finish() -> None:
     record = Record()
     release = anyio.Event()
@@ -87,6 +88,7 @@ async def test_asyncio_shield_lets_the_shielded_work_finish() -> None:
     assert c.returned
 
 
+@pytest.mark.fast_path  # delivered once
 async def test_clean_up_after_the_cancellation(anyio_backend: object) -> None:
     # asyncio: delivered once, so clean-up may await (close a connection, return it to its
     # pool). trio: delivered at every checkpoint, so clean-up that must await shields itself.
@@ -234,6 +236,7 @@ async def closing(communicators: list[Communicator]) -> AsyncIterator[None]:
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@pytest.mark.fast_path  # delivered once
 async def test_clean_up_may_use_anyio_once_the_cancellation_is_delivered() -> None:
     # Delivered once, the cancellation is over: threads, locks and the app's own timeouts
     # work in the clean-up as they do anywhere, as after asyncio.timeout().
@@ -267,6 +270,7 @@ async def test_clean_up_may_use_anyio_once_the_cancellation_is_delivered() -> No
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@pytest.mark.fast_path  # delivered once
 async def test_a_timeout_around_the_middleware_reaches_the_apps_clean_up() -> None:
     # The middleware's cancellation first, then the app's clean-up, which would wait forever:
     # a timeout around the middleware, due once the clean-up has begun, still stops it.
