@@ -31,10 +31,9 @@ from ._types import AppScope, AppSend, Receive, WrappedApp
 class _Request:
     """What the middleware must finish for Django < 5, for a request it cancelled."""
 
-    __slots__ = ("exchange", "finished", "handler")
+    __slots__ = ("finished", "handler")
 
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
+    def __init__(self) -> None:
         #: The handler that sent ``request_started``, to send ``request_finished`` as.
         self.handler: Any = None
         self.finished = False
@@ -97,9 +96,8 @@ def _started_listening(sender: Any, scope: Any = None, **kwargs: Any) -> None:
 
 def _started(sender: Any, scope: Any = None, **kwargs: Any) -> None:
     # Django < 5, in its thread for the request, before it creates the request.
-    exchange = _exchange_of(scope)
-    for request in _current.get() or ():
-        if request.exchange is exchange:
+    if _exchange_of(scope) is not None:  # one the middleware serves, in this context
+        for request in _current.get() or ():
             request.handler = sender
 
 
@@ -124,7 +122,7 @@ class _FinishOnCancel:
         # Django's own context, entered first, so that it outlives Django's handler:
         # request_finished must run in the thread that holds the request's connections.
         async with ThreadSensitiveContext():
-            current = [_Request(exchange)]
+            current = [_Request()]
             token = _current.set(current)
             try:
                 try:
