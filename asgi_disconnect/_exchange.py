@@ -72,24 +72,24 @@ def _listening_reader() -> CodeType | None:
 class Phase(str, Enum):
     """How far a request had got when its client left or its deadline passed."""
 
-    #: The deadline had passed before the request reached the app: it was answered 503, and
-    #: the app was never called.
     QUEUED = "queued"
-    #: The request body had not been fully received.
+    """The deadline had passed before the request reached the app: it was answered 503, and
+    the app was never called."""
     BODY = "body"
-    #: The body was in, no response had been started.
+    """The request body had not been fully received."""
     WORKING = "working"
-    #: The response had been started but not completed.
+    """The body was in, no response had been started."""
     STREAMING = "streaming"
+    """The response had been started but not completed."""
 
 
 class Cause(str, Enum):
     """Why the app of a request was stopped."""
 
-    #: The client went away.
     CLIENT_LEFT = "client_left"
-    #: The request's deadline passed: the client was answered 504, or its response was cut.
+    """The client went away."""
     DEADLINE = "deadline"
+    """The request's deadline passed: the client was answered 504, or its response was cut."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -101,12 +101,12 @@ class Disconnect:
     query string, which have no place in a log line.
 
     :ivar scope: the scope the app saw, with what routing added to it (Starlette's
-        ``route`` and ``path_params``); for :attr:`Phase.QUEUED`, the server's scope.
-    :ivar phase: how far the request had got: :attr:`Phase.QUEUED`, :attr:`Phase.BODY`,
-        :attr:`Phase.WORKING` or :attr:`Phase.STREAMING`.
+        ``route`` and ``path_params``); for ``Phase.QUEUED``, the server's scope.
+    :ivar phase: how far the request had got: ``Phase.QUEUED``, ``Phase.BODY``,
+        ``Phase.WORKING`` or ``Phase.STREAMING``.
     :ivar elapsed: seconds from when the middleware received the request to the client
-        leaving or the deadline passing (0 for :attr:`Phase.QUEUED`).
-    :ivar cause: :attr:`Cause.CLIENT_LEFT` or :attr:`Cause.DEADLINE`.
+        leaving or the deadline passing (0 for ``Phase.QUEUED``).
+    :ivar cause: ``Cause.CLIENT_LEFT`` or ``Cause.DEADLINE``.
     """
 
     #: The scope the app saw, with what routing added to it (``route``, ``path_params``).

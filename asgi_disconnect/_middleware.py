@@ -50,7 +50,7 @@ class DisconnectMiddleware:
         before it is cancelled.
     :param read_ahead: how many bytes of request body the middleware may read ahead of
         the app, so that a client leaving is noticed while the app has not read its body.
-    :param on_disconnect: called, sync or async, with a :class:`Disconnect` once the app
+    :param on_disconnect: called, sync or async, with a ``Disconnect`` once the app
         of an abandoned request has stopped; what it raises is logged.
     :param exclude_paths: path prefixes whose requests are passed on untouched.
     :param exclude: a predicate on the scope; requests it accepts are passed on untouched.
@@ -76,7 +76,7 @@ class DisconnectMiddleware:
         not a collection of paths).
     :raises ValueError: when an option has a wrong value; when ``request_start_header`` is
         given without ``timeout`` or ``timeout_header``; when ``app`` is a
-        :class:`DisconnectMiddleware` with other options, which it would ignore.
+        ``DisconnectMiddleware`` with other options, which it would ignore.
     """
 
     def __init__(
@@ -423,7 +423,7 @@ def is_disconnected(scope: Mapping[str, Any]) -> bool:
     on its own.
 
     :param scope: the request's scope, as the app received it.
-    :raises ValueError: when the scope did not pass through :class:`DisconnectMiddleware`.
+    :raises ValueError: when the scope did not pass through ``DisconnectMiddleware``.
     """
     exchange = exchange_of(scope)
     return exchange.disconnected or exchange.past_deadline()
@@ -438,7 +438,7 @@ def time_left(scope: Mapping[str, Any]) -> float:
     applies: work after the response (background tasks) has all the time it needs.
 
     :param scope: the request's scope, as the app received it.
-    :raises ValueError: when the scope did not pass through :class:`DisconnectMiddleware`.
+    :raises ValueError: when the scope did not pass through ``DisconnectMiddleware``.
     """
     return exchange_of(scope).time_left()
 
@@ -448,11 +448,11 @@ async def wait_disconnected(scope: Mapping[str, Any]) -> None:
 
     That is: once the client has gone (or the request's deadline has passed); once the request
     is over (the app has returned, and work it left behind waits for nothing); or once the
-    server's ``receive()`` has failed. :func:`is_disconnected` then tells the first case from
+    server's ``receive()`` has failed. ``is_disconnected`` then tells the first case from
     the others.
 
     :param scope: the request's scope, as the app received it.
-    :raises ValueError: when the scope did not pass through :class:`DisconnectMiddleware`.
+    :raises ValueError: when the scope did not pass through ``DisconnectMiddleware``.
     """
     await exchange_of(scope).wait_disconnected()
 
@@ -481,7 +481,7 @@ def on_stop(callback: Callable[[], object], scope: Mapping[str, Any] | None = No
         request's.
     :returns: a handle whose ``unregister()`` takes the callback back.
     :raises TypeError: when ``callback`` is not callable.
-    :raises ValueError: when ``scope`` did not pass through :class:`DisconnectMiddleware`.
+    :raises ValueError: when ``scope`` did not pass through ``DisconnectMiddleware``.
     """
     if not callable(callback):
         raise TypeError(f"callback must be callable, not {callback!r}")

@@ -83,7 +83,7 @@ class Stop:
 
 
 class StopHandle:
-    """A callback registered with :func:`on_stop`, which :meth:`unregister` takes back."""
+    """A callback registered with ``on_stop``, which ``unregister`` takes back."""
 
     __slots__ = ("_stop",)
 

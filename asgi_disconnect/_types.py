@@ -5,16 +5,16 @@ from typing import Any
 
 # The public aliases, for apps that type themselves (re-exported by the package): the shapes
 # Starlette's `starlette.types` gives, so that an app typed with them is accepted by both.
-#: A connection's scope.
 Scope = MutableMapping[str, Any]
-#: A message from ``receive()`` or to ``send()``.
+"""A connection's scope."""
 Message = MutableMapping[str, Any]
-#: The server's ``receive``.
+"""A message from ``receive()`` or to ``send()``."""
 Receive = Callable[[], Awaitable[Message]]
-#: The server's ``send``.
+"""The server's ``receive``."""
 Send = Callable[[Message], Awaitable[None]]
-#: An ASGI 3 application.
+"""The server's ``send``."""
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""An ASGI 3 application."""
 
 # What the middleware hands to the app it wraps: a dict scope, and a send that takes any
 # mapping.
