@@ -198,7 +198,7 @@ class CancelOnce(CancelScope):
         left the app's scope, anyio hands the request it made (to be taken back when the
         error is absorbed) to the scope around it: a request handed on, and the task no
         longer inside a cancelled or shielded scope, tell that it is on its way out.
-        Python 3.10 counts no requests (see the README).
+        Python 3.10 counts no requests (see docs/how-it-cancels.md).
         """
         state = _task_states.get(host)
         scope = None if state is None else state.cancel_scope

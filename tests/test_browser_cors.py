@@ -1,5 +1,5 @@
 """In headless Chromium, a page on one origin calls an API on another: the middleware's 504
-reaches the page as a 504 when CORS sits outside the middleware, as the README stacks them,
+reaches the page as a 504 when CORS sits outside the middleware, as the Quickstart stacks them,
 and as a CORS error when it sits inside.
 
 Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``) and

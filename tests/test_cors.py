@@ -1,6 +1,6 @@
 """The middleware's own answers (504 at a deadline, 503 for a request that queued past it)
 reach a page on another origin as what they are: with Starlette's (and FastAPI's)
-``CORSMiddleware`` outside the middleware, they carry its headers, as the README stacks them.
+``CORSMiddleware`` outside the middleware, they carry its headers, as the Quickstart stacks them.
 Inside it, they could not: CORS adds its headers in the ``send`` it hands the app it wraps."""
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ async def test_a_normal_response_is_cors_s_either_way() -> None:
 
 
 async def test_with_cors_inside_the_504_has_no_cors_headers() -> None:
-    # Why the README puts CORS outside: the page would see a CORS error, not the 504.
+    # Why the Quickstart puts CORS outside: the page would see a CORS error, not the 504.
     async with communicate(starlette(cors_outside=False, timeout=0.05), cross_origin()) as c:
         await c.send_body(b"")
         await c.wait()

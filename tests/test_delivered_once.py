@@ -10,7 +10,7 @@ the app gets may come from its own scope, which lets it propagate because the mi
 cancelled around it: that one is the delivery, and none follows.
 
 Python 3.10 counts no cancellation requests, so the middleware cannot tell that a scope of the
-app's delivered for it: there the clean-up is cancelled again (see the README).
+app's delivered for it: there the clean-up is cancelled again (see docs/how-it-cancels.md).
 
 Each request runs as servers run it, in a new plain asyncio task that holds no anyio state.
 """
@@ -243,8 +243,8 @@ async def test_one_delivery_when_both_are_cancelled_while_the_app_is_shielded(
 
 @ON_310
 async def test_one_delivery_at_the_deadline_to_an_app_that_times_itself_by_it() -> None:
-    # The way the README shows: the app bounds its own wait by the middleware's deadline,
-    # which its scope and the middleware's then reach in the same iteration.
+    # The way docs/how-it-cancels.md shows: the app bounds its own wait by the middleware's
+    # deadline, which its scope and the middleware's then reach in the same iteration.
     events: list[str] = []
     sent: list[Message] = []
 

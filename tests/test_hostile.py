@@ -80,7 +80,7 @@ def test_a_huge_body_sent_slowly_to_an_app_that_never_reads_it(server: Server) -
     # (64 KiB), not by the body; the kernel's socket buffers take the rest.
     assert grown < 4 * MIB
     assert "finished" not in events(server).of("huge")
-    # Its leaving is not seen: the server has stopped reading the socket (README, Reliability).
+    # Its leaving is not seen: the server has stopped reading the socket (docs/reliability.md).
 
 
 ROUNDS = 2

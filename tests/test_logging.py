@@ -1,6 +1,6 @@
 """What the middleware logs: every record with its fields as attributes, no configuration of
-its own, and the README's snippets that make the lines visible under uvicorn, gunicorn and
-Django."""
+its own, and the snippets of docs/observability.md that make the lines visible under uvicorn,
+gunicorn and Django."""
 
 from __future__ import annotations
 
@@ -177,31 +177,30 @@ def test_the_library_configures_no_logging(use: Callable[[], object]) -> None:
     assert logging.getLogger().handlers == root_handlers
 
 
-# -- the README's snippets -------------------------------------------------------------------
+# -- the docs' snippets -----------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "observability.md"
 EXAMPLES = ROOT / "examples"
 # The line for a client that left the raw ASGI example (which works 3 s) after about 0.3 s.
 LEFT = re.compile(
     r"GET /report: client disconnected while working, 0\.[2-9]\d\d s into the request"
 )
 
-needs_readme = pytest.mark.skipif(not README.is_file(), reason="the README is not beside the tests")
+needs_guide = pytest.mark.skipif(not GUIDE.is_file(), reason="the docs are not beside the tests")
 
 
 def snippet(language: str, first_line: str = "") -> str:
-    """The code block of the README's "Seeing it in the logs" whose first line is given."""
-    text = README.read_text()
-    section = text[text.index("**Seeing it in the logs.**") :]
-    section = section[: section.index("\n## ")]
+    """The code block of the guide's "Seeing it in the logs" whose first line is given."""
+    text = GUIDE.read_text()
+    section = text[text.index("## Seeing it in the logs") :]
     for block in re.findall(rf"```{language}\n(.*?)```", section, flags=re.S):
         if block.startswith(first_line):
             return str(block)
     raise AssertionError(f"no {language} block starting {first_line!r}")  # pragma: no cover
 
 
-@needs_readme
+@needs_guide
 def test_the_django_logging_settings_show_the_line_with_its_fields(tmp_path: Path) -> None:
     # Django applies LOGGING with dictConfig at django.setup(), in a process of its own here,
     # as in the server's.
@@ -300,7 +299,7 @@ def logged(log: Path, pattern: re.Pattern[str]) -> str:
         time.sleep(0.05)
 
 
-@needs_readme
+@needs_guide
 @pytest.mark.servers
 def test_the_uvicorn_log_config_shows_the_line(tmp_path: Path) -> None:
     config = tmp_path / "logging.json"
@@ -320,7 +319,7 @@ def test_the_uvicorn_log_config_shows_the_line(tmp_path: Path) -> None:
     assert re.search(r"INFO uvicorn.error: Uvicorn running on", log.read_text())
 
 
-@needs_readme
+@needs_guide
 @pytest.mark.servers
 def test_the_gunicorn_log_config_shows_the_line(tmp_path: Path) -> None:
     config = tmp_path / "gunicorn.conf.py"

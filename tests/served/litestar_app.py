@@ -106,7 +106,7 @@ def make() -> Litestar:
 
 
 # Litestar types its ASGI callables with TypedDicts, which a plain dict scope cannot satisfy
-# under mypy (see the README's FAQ).
+# under mypy (see docs/faq.md).
 app = dispatch(
     {
         "": DisconnectMiddleware(make()),
