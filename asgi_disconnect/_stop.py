@@ -55,7 +55,13 @@ class Stop:
             if self._callbacks is None:
                 self._callbacks = {}
             self._callbacks[handle] = callback
-            return handle
+            if self._state == _RUNNING:
+                return handle
+            # finish() takes no lock: it sets the state, then looks for callbacks, where this
+            # adds the callback, then looks at the state. One of the two sees the other's
+            # write: here, that the request finished after the first look.
+            del self._callbacks[handle]
+            return None
 
     def _unregister(self, handle: StopHandle) -> bool:
         with _lock:
@@ -75,11 +81,16 @@ class Stop:
             run_callback(callback)
 
     def finish(self) -> None:
-        """The response is complete, or the request is over: nothing will run from now on."""
-        with _lock:
-            if self._state == _RUNNING:
-                self._state = _DONE
-            self._callbacks = None
+        """The response is complete, or the request is over: nothing will run from now on.
+
+        In the event loop's thread, as :meth:`stop`. Every request is finished and most
+        register nothing: no lock unless a callback was registered (see :meth:`register`).
+        """
+        if self._state == _RUNNING:
+            self._state = _DONE
+        if self._callbacks is not None:
+            with _lock:
+                self._callbacks = None
 
 
 class StopHandle:

@@ -17,7 +17,7 @@ import pytest
 from apps import UNANSWERED, read_body, respond
 from communicator import communicate, http_scope
 
-from asgi_disconnect import DisconnectMiddleware, StopHandle, on_stop, wait_disconnected
+from asgi_disconnect import DisconnectMiddleware, StopHandle, _stop, on_stop, wait_disconnected
 from asgi_disconnect._types import Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
@@ -299,3 +299,34 @@ def test_a_callback_that_stops_the_process_is_let_through(error: type[BaseExcept
 
     with pytest.raises(error):
         run_callback(stopping)
+
+
+def test_a_callback_registered_as_its_request_finishes_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # finish() takes no lock: a request that finishes between register()'s first look at
+    # its state and the callback's insertion must neither run it nor keep it.
+    stop = _stop.Stop()
+
+    class FinishingMeanwhile(_stop.StopHandle):
+        def __init__(self, owner: _stop.Stop | None) -> None:
+            super().__init__(owner)
+            stop.finish()  # in the event loop's thread, while a worker thread registers
+
+    monkeypatch.setattr(_stop, "StopHandle", FinishingMeanwhile)
+    ran: list[str] = []
+    assert stop.register(lambda: ran.append("ran")) is None
+    assert not stop._callbacks
+    stop.stop()
+    assert ran == []
+
+
+def test_a_request_that_finishes_with_a_callback_drops_it() -> None:
+    stop = _stop.Stop()
+    ran: list[str] = []
+    handle = stop.register(lambda: ran.append("ran"))
+    assert handle is not None
+    stop.finish()
+    stop.stop()
+    assert ran == []
+    assert handle.unregister() is False
