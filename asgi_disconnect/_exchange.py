@@ -18,7 +18,7 @@ import contextvars
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import CodeType, FrameType
@@ -173,6 +173,8 @@ class Exchange:
         self.stopper = Stop() if stopper is None else stopper
         self._receive = receive
         self._send = send
+        #: Whether the app's messages may go straight to the server's send() (see send()).
+        self._direct = not _send_raises(scope)
         self._read_ahead = read_ahead
         self._grace_period = grace_period
         self._ticker = ticker
@@ -320,7 +322,45 @@ class Exchange:
                 self._notify()
         return message
 
-    async def send(self, message: Mapping[str, Any]) -> None:
+    def send(self, message: Mapping[str, Any]) -> Awaitable[None]:
+        if self._direct and not self.disconnected:
+            deadline = self.deadline
+            if deadline is None or time.monotonic() < deadline:
+                # The client is there, as far as anyone knows, and the server says nothing
+                # through send() when it leaves (ASGI < 2.4: a no-op): the app awaits the
+                # server's own send, as it would bare, and the middleware only notes how far
+                # the response has got. Most messages go this way; a coroutine of the
+                # middleware's around each would cost more than all the rest of send().
+                try:
+                    chunk = message["type"] == "http.response.body" and message.get("more_body")
+                except Exception:
+                    chunk = False  # a message that ends the response, or is not one at all
+                # A chunk of a response that goes on changes nothing: the rest are noted.
+                if not chunk and self._note_sent(message) == _COMPLETE and deadline is not None:
+                    self._lift_deadline()
+                return self._send(message)  # type: ignore[arg-type]
+        return self._send_watched(message)
+
+    def _note_sent(self, message: Mapping[str, Any]) -> int:
+        """Note how far a message the app sends takes the response; return how far."""
+        try:
+            kind = message["type"]
+        except Exception:
+            kind = None  # not ours to judge: the server will say what is wrong with it
+        if kind == "http.response.body" or kind == "http.response.zerocopysend":
+            if not message.get("more_body", False) and not self._trailers:
+                self._response = _COMPLETE
+        elif kind == "http.response.start":
+            self._response = _STARTED
+            self._trailers = bool(message.get("trailers", False))
+        elif kind == "http.response.trailers":
+            if not message.get("more_trailers", False):
+                self._response = _COMPLETE
+        elif kind == "http.response.pathsend":
+            self._response = _COMPLETE
+        return self._response
+
+    async def _send_watched(self, message: Mapping[str, Any]) -> None:
         forward = True
         deadline = self.deadline
         if deadline is not None and time.monotonic() >= deadline:
@@ -344,23 +384,8 @@ class Exchange:
                     self._forwarded = self._response
                 forward = False
         before = self._response
-        try:
-            kind = message["type"]
-        except Exception:
-            kind = None  # not ours to judge: the server will say what is wrong with it
-        if kind == "http.response.body" or kind == "http.response.zerocopysend":
-            if not message.get("more_body", False) and not self._trailers:
-                self._response = _COMPLETE
-        elif kind == "http.response.start":
-            self._response = _STARTED
-            self._trailers = bool(message.get("trailers", False))
-        elif kind == "http.response.trailers":
-            if not message.get("more_trailers", False):
-                self._response = _COMPLETE
-        elif kind == "http.response.pathsend":
-            self._response = _COMPLETE
         answered = False
-        if self._response == _COMPLETE:
+        if self._note_sent(message) == _COMPLETE:
             if self.disconnected:
                 # Unless what completes it is the 499 of a middleware inside this one.
                 answered = not self.stopper.standing_in
@@ -650,6 +675,28 @@ def plain_response(status: int, body: bytes) -> tuple[Message, bytes]:
 
 def _body_size(message: Message) -> int:
     return len(message.get("body", b""))  # bytes: _observe() saw to it
+
+
+#: Whether a server's send() may raise OSError once the client has gone, by the spec version
+#: it says it follows: a server says the same for every request, in a handful of spellings.
+_RAISES: dict[str, bool] = {}
+
+
+def _send_raises(scope: Scope) -> bool:
+    """Whether the server's ``send()`` may raise ``OSError`` once the client has gone: from
+    ASGI 2.4 on, as the spec says."""
+    try:
+        return _RAISES[scope["asgi"]["spec_version"]]
+    except Exception:
+        pass
+    raises = _spec_version(scope) >= (2, 4)
+    try:
+        version = scope["asgi"]["spec_version"]
+    except Exception:
+        return raises
+    if isinstance(version, str) and len(_RAISES) < 64:
+        _RAISES[version] = raises
+    return raises
 
 
 def _spec_version(scope: Scope) -> tuple[int, ...]:
