@@ -182,16 +182,25 @@ class Events:
         self.path = path
         path.touch()
 
+    def lines(self) -> list[str]:
+        """The whole lines written so far.
+
+        A reader can catch an app's line half written (the file's size may grow before all
+        of one write is visible), so whatever follows the last newline is left for the next
+        read.
+        """
+        return self.path.read_text().split("\n")[:-1]
+
     def of(self, rid: str) -> dict[str, float]:
         seen: dict[str, float] = {}
-        for line in self.path.read_text().splitlines():
+        for line in self.lines():
             who, event, at = line.split(" ")
             if who == rid:
                 seen.setdefault(event, float(at))
         return seen
 
     def count(self, event: str) -> int:
-        return sum(line.split(" ")[1] == event for line in self.path.read_text().splitlines())
+        return sum(line.split(" ")[1] == event for line in self.lines())
 
     def wait(self, rid: str, *events: str, timeout: float = 15.0) -> tuple[str, float]:
         """Wait for the first of ``events`` for request ``rid``; return it and its time."""

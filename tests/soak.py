@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from served.soak_app import stream_part, upload_answer, work_answer
-from servers import HOST, Server, http_request
+from servers import HOST, Events, Server, http_request
 
 KINDS = ("upload", "work", "stream", "after")
 CHUNK = 16 * 1024
@@ -202,7 +202,7 @@ def plan(count: int, abandon: float, seed: int, label: str) -> list[Request]:
 
 def read_events(path: Path) -> dict[str, dict[str, float]]:
     events: dict[str, dict[str, float]] = {}
-    for line in path.read_text().splitlines():
+    for line in Events(path).lines():
         rid, event, at = line.split(" ")
         events.setdefault(rid, {}).setdefault(event, float(at))
     return events
