@@ -14,7 +14,9 @@ the loop.
 
 from __future__ import annotations
 
+import asyncio.coroutines
 import contextvars
+import inspect
 import math
 import sys
 import time
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -124,6 +126,23 @@ class Disconnect:
             f"Disconnect(method={scope.get('method')!r}, path={scope.get('path')!r}, "
             f"phase={self.phase!r}, elapsed={self.elapsed!r}, cause={self.cause!r})"
         )
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _awaited(function: _Function) -> _Function:
+    """Mark a function that returns an awaitable as a coroutine function.
+
+    What an app is handed as ``send`` is awaited like a coroutine function's coroutine, and
+    some code checks before it awaits: asgiref's ``async_to_sync()`` (a WSGI app behind
+    ``WsgiToAsgi``, a sync Channels consumer) warns about a callable that is not one. Both
+    marks: asyncio's ``iscoroutinefunction()`` looks for its own before Python 3.12,
+    ``inspect``'s from 3.12 on.
+    """
+    function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    return function if mark is None else mark(function)
 
 
 class Exchange:
@@ -322,43 +341,31 @@ class Exchange:
                 self._notify()
         return message
 
+    @_awaited
     def send(self, message: Mapping[str, Any]) -> Awaitable[None]:
-        if self._direct and not self.disconnected:
+        try:
+            # What starts or ends a response (most messages) is told apart at the first look.
+            chunk = (
+                message.get("more_body")
+                and self._direct
+                and not self.disconnected
+                and message["type"] == "http.response.body"
+            )
+        except Exception:
+            chunk = False  # not ours to judge: _send_watched() hands it to the server
+        if chunk:
             deadline = self.deadline
             if deadline is None or time.monotonic() < deadline:
-                # The client is there, as far as anyone knows, and the server says nothing
-                # through send() when it leaves (ASGI < 2.4: a no-op): the app awaits the
-                # server's own send, as it would bare, and the middleware only notes how far
-                # the response has got. Most messages go this way; a coroutine of the
-                # middleware's around each would cost more than all the rest of send().
-                try:
-                    chunk = message["type"] == "http.response.body" and message.get("more_body")
-                except Exception:
-                    chunk = False  # a message that ends the response, or is not one at all
-                # A chunk of a response that goes on changes nothing: the rest are noted.
-                if not chunk and self._note_sent(message) == _COMPLETE and deadline is not None:
-                    self._lift_deadline()
+                # A chunk of a response that goes on, while the client is there as far as
+                # anyone knows, to a server that says nothing through send() when it leaves
+                # (ASGI < 2.4: a no-op): it changes nothing the middleware follows, so the
+                # app awaits the server's own send, as it would bare. A coroutine of the
+                # middleware's around every chunk would cost more than all the rest of
+                # send(). What starts or ends the response goes the watched way: it counts
+                # once its send runs, not when it is made (a send never awaited, or one that
+                # fails, leaves the response as it was).
                 return self._send(message)  # type: ignore[arg-type]
         return self._send_watched(message)
-
-    def _note_sent(self, message: Mapping[str, Any]) -> int:
-        """Note how far a message the app sends takes the response; return how far."""
-        try:
-            kind = message["type"]
-        except Exception:
-            kind = None  # not ours to judge: the server will say what is wrong with it
-        if kind == "http.response.body" or kind == "http.response.zerocopysend":
-            if not message.get("more_body", False) and not self._trailers:
-                self._response = _COMPLETE
-        elif kind == "http.response.start":
-            self._response = _STARTED
-            self._trailers = bool(message.get("trailers", False))
-        elif kind == "http.response.trailers":
-            if not message.get("more_trailers", False):
-                self._response = _COMPLETE
-        elif kind == "http.response.pathsend":
-            self._response = _COMPLETE
-        return self._response
 
     async def _send_watched(self, message: Mapping[str, Any]) -> None:
         forward = True
@@ -385,7 +392,22 @@ class Exchange:
                 forward = False
         before = self._response
         answered = False
-        if self._note_sent(message) == _COMPLETE:
+        try:
+            kind = message["type"]
+        except Exception:
+            kind = None  # not ours to judge: the server will say what is wrong with it
+        if kind == "http.response.body" or kind == "http.response.zerocopysend":
+            if not message.get("more_body", False) and not self._trailers:
+                self._response = _COMPLETE
+        elif kind == "http.response.start":
+            self._response = _STARTED
+            self._trailers = bool(message.get("trailers", False))
+        elif kind == "http.response.trailers":
+            if not message.get("more_trailers", False):
+                self._response = _COMPLETE
+        elif kind == "http.response.pathsend":
+            self._response = _COMPLETE
+        if self._response == _COMPLETE:
             if self.disconnected:
                 # Unless what completes it is the 499 of a middleware inside this one.
                 answered = not self.stopper.standing_in
