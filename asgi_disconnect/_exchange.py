@@ -140,7 +140,9 @@ def _awaited(function: _Function) -> _Function:
     marks: asyncio's ``iscoroutinefunction()`` looks for its own before Python 3.12,
     ``inspect``'s from 3.12 on.
     """
-    function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    # None where a Python has dropped asyncio's mark: nothing looks for it there.
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    function._is_coroutine = marker  # type: ignore[attr-defined]
     mark = getattr(inspect, "markcoroutinefunction", None)
     return function if mark is None else mark(function)
 
@@ -345,26 +347,26 @@ class Exchange:
     def send(self, message: Mapping[str, Any]) -> Awaitable[None]:
         try:
             # What starts or ends a response (most messages) is told apart at the first look.
-            chunk = (
+            if not (
                 message.get("more_body")
                 and self._direct
                 and not self.disconnected
                 and message["type"] == "http.response.body"
-            )
+            ):
+                return self._send_watched(message)
         except Exception:
-            chunk = False  # not ours to judge: _send_watched() hands it to the server
-        if chunk:
-            deadline = self.deadline
-            if deadline is None or time.monotonic() < deadline:
-                # A chunk of a response that goes on, while the client is there as far as
-                # anyone knows, to a server that says nothing through send() when it leaves
-                # (ASGI < 2.4: a no-op): it changes nothing the middleware follows, so the
-                # app awaits the server's own send, as it would bare. A coroutine of the
-                # middleware's around every chunk would cost more than all the rest of
-                # send(). What starts or ends the response goes the watched way: it counts
-                # once its send runs, not when it is made (a send never awaited, or one that
-                # fails, leaves the response as it was).
-                return self._send(message)  # type: ignore[arg-type]
+            return self._send_watched(message)  # not ours to judge: the server will say
+        deadline = self.deadline
+        if deadline is None or time.monotonic() < deadline:
+            # A chunk of a response that goes on, while the client is there as far as
+            # anyone knows, to a server that says nothing through send() when it leaves
+            # (ASGI < 2.4: a no-op): it changes nothing the middleware follows, so the
+            # app awaits the server's own send, as it would bare. A coroutine of the
+            # middleware's around every chunk would cost more than all the rest of
+            # send(). What starts or ends the response goes the watched way: it counts
+            # once its send runs, not when it is made (a send never awaited, or one that
+            # fails, leaves the response as it was).
+            return self._send(message)  # type: ignore[arg-type]
         return self._send_watched(message)
 
     async def _send_watched(self, message: Mapping[str, Any]) -> None:

@@ -231,3 +231,40 @@ async def test_a_wsgi_app_behind_asgirefs_adapter_is_served_as_it_is_bare(
         "http.response.body",
         "http.response.body",
     ]
+
+
+class Unanswerable:
+    def __bool__(self) -> bool:
+        raise RuntimeError("neither true nor false")
+
+
+class Strange(str):
+    """A message type that compares to an answer with no truth."""
+
+    def __eq__(self, other: object) -> Any:
+        return Unanswerable()
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+async def test_what_is_wrong_with_a_message_is_raised_where_its_send_is_awaited(
+    anyio_backend: object, spec_version: str
+) -> None:
+    server = Server()
+    raised: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        await send(START)
+        sending = send({"type": Strange("http.response.body"), "more_body": True})
+        try:
+            await sending
+        except RuntimeError as exc:
+            raised.append(exc)
+        await send(LAST)
+
+    scope = http_scope(asgi={"version": "3.0", "spec_version": spec_version})
+    await serve(DisconnectMiddleware(app), scope, server)
+    assert [str(exc) for exc in raised] == ["neither true nor false"]
+    assert server.sent == [START, LAST]
